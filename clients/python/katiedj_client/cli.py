@@ -1,0 +1,103 @@
+"""``katiedj-listen``: print or record the samples broadcast on a KatieDJ WebSocket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from websockets.exceptions import InvalidURI
+
+from katiedj_client.listener import Listener, ListenerRejected
+
+EXIT_OK = 0
+EXIT_REJECTED = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="katiedj-listen",
+        description="Listen to a KatieDJ network and write each sample as one JSON line.",
+    )
+    parser.add_argument("url", help="e.g. ws://127.0.0.1:8000/ws/networks/<slug>/")
+    parser.add_argument("--token", help="API token, sent as 'Authorization: Bearer <token>'")
+    parser.add_argument("--out", metavar="FILE.jsonl", help="append to this file, not stdout")
+    parser.add_argument(
+        "--count", type=_positive_int, metavar="N", help="exit after N messages (default: never)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log connection events to stderr"
+    )
+    return parser
+
+
+async def _listen(listener: Listener, sink: TextIO, count: int | None) -> None:
+    loop = asyncio.get_running_loop()
+    # SIGTERM (systemd, docker stop) should end as cleanly as Ctrl-C does.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, listener.stop)
+    received = 0
+    async with listener:
+        async for message in listener:
+            sink.write(_dump(message) + "\n")
+            # Flush per line so `tail -f` and pipes see samples as they arrive.
+            sink.flush()
+            received += 1
+            if count is not None and received >= count:
+                break
+
+
+def _dump(message: Any) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``katiedj-listen``; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="katiedj-listen: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        listener = Listener(args.url, token=args.token)
+    except (InvalidURI, ValueError) as exc:
+        parser.error(str(exc))
+
+    try:
+        if args.out:
+            with open(args.out, "a", encoding="utf-8") as sink:
+                asyncio.run(_listen(listener, sink, args.count))
+        else:
+            asyncio.run(_listen(listener, sys.stdout, args.count))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ListenerRejected as exc:
+        print(f"katiedj-listen: {args.url}: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); point stdout at devnull so the interpreter's
+        # final flush does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Reconnecting WebSocket listener for KatieDJ broadcasts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Protocol, Self
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.uri import parse_uri
+
+__all__ = ["FATAL_HTTP_STATUSES", "Listener", "ListenerRejected", "backoff_delays"]
+
+logger = logging.getLogger("katiedj_client")
+
+# Statuses that mean "this URL/credential will never work"; anything else (502 while a proxy
+# restarts, 503 during a deploy, ...) is worth retrying.
+FATAL_HTTP_STATUSES = frozenset({401, 403, 404})
+
+# The server uses 44xx close codes for authentication/entitlement decisions. 4408 (token
+# expired) could become retryable once a token refresher exists; until then it is fatal.
+_FATAL_CLOSE_CODES = range(4400, 4500)
+
+# Bounds how long stop()/aclose() can hang on a server that never answers our close frame.
+_CLOSE_TIMEOUT = 3.0
+
+
+class _Uniform(Protocol):
+    def uniform(self, a: float, b: float, /) -> float: ...
+
+
+class ListenerRejected(Exception):
+    """The server refused this listener; retrying would not help.
+
+    ``status_or_code`` is the HTTP status of a rejected handshake (401/403/404) or the
+    WebSocket close code (4400-4499) sent by the server.
+    """
+
+    def __init__(self, reason: str, status_or_code: int) -> None:
+        super().__init__(reason, status_or_code)
+        self.reason = reason
+        self.status_or_code = status_or_code
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.status_or_code})"
+
+
+def backoff_delays(
+    min_backoff: float, max_backoff: float, rng: _Uniform = random
+) -> Iterator[float]:
+    """Yield endless reconnect delays: exponential growth capped at ``max_backoff``, full jitter.
+
+    The k-th delay (k from 0) is ``rng.uniform(0, min(max_backoff, min_backoff * 2**k))``.
+    """
+    if min_backoff <= 0:
+        raise ValueError("min_backoff must be > 0")
+    if max_backoff < min_backoff:
+        raise ValueError("max_backoff must be >= min_backoff")
+    ceiling = min_backoff
+    while True:
+        yield rng.uniform(0, ceiling)
+        # Doubling a float (rather than computing 2**k) cannot overflow on long outages.
+        ceiling = min(max_backoff, ceiling * 2)
+
+
+class _Stopped(Exception):
+    """Internal signal: stop() was called while waiting."""
+
+
+class Listener:
+    """Receive KatieDJ samples from a WebSocket URL, reconnecting until stopped.
+
+    Iterate with ``async for message in listener`` or call ``await listener.run(callback)``.
+    One consumer at a time; a stopped listener stays stopped.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 20.0,
+        open_timeout: float = 10.0,
+    ) -> None:
+        parse_uri(url)  # fail fast on a malformed URL instead of retrying it forever
+        # Validates the backoff bounds eagerly, for the same reason.
+        next(backoff_delays(min_backoff, max_backoff))
+        self.url = url
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+
+        self.reconnects = 0
+        self._connections = 0
+        self._ws: ClientConnection | None = None
+        self._stop_requested = False
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._iterating = False
+        self._at_yield = False
+        self._agen: Any = None
+        self._finished: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.url} connected={self.connected} reconnects={self.reconnects}>"
+
+    @property
+    def connected(self) -> bool:
+        """True while a WebSocket connection is open."""
+        return self._ws is not None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the listener to finish; iteration ends promptly and cleanly. Thread-safe."""
+        self._stop_requested = True
+        loop, event = self._loop, self._stop_event
+        if loop is None or event is None:
+            return
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            # asyncio.Event is not thread-safe: hand the wake-up to the listener's own loop.
+            loop.call_soon_threadsafe(event.set)
+
+    async def aclose(self) -> None:
+        """Stop and wait until the connection is closed."""
+        self.stop()
+        agen = self._agen
+        if agen is None:
+            return
+        if self._at_yield:
+            # The consumer is parked between messages (possibly this very task), so the
+            # generator can be finalised right here.
+            await agen.aclose()
+        elif self._finished is not None:
+            await self._finished.wait()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        agen = self._messages()
+        if not self._iterating:
+            self._agen = agen
+        return agen
+
+    async def run(self, callback: Callable[[Any], Awaitable[object] | object]) -> None:
+        """Call ``callback(message)`` for every message until stopped; awaits async callbacks."""
+        agen = self.__aiter__()
+        try:
+            async for message in agen:
+                result = callback(message)
+                if inspect.isawaitable(result):
+                    await result
+        finally:
+            await agen.aclose()
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        if self._iterating:
+            raise RuntimeError("this Listener is already being iterated")
+        self._iterating = True
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._finished = asyncio.Event()
+        if self._stop_requested:
+            self._stop_event.set()
+        stopper = asyncio.ensure_future(self._stop_event.wait())
+        delays = backoff_delays(self.min_backoff, self.max_backoff)
+        try:
+            while not self._stop_requested:
+                try:
+                    ws = await self._race(self._open(), stopper)
+                except _Stopped:
+                    return
+                except InvalidStatus as exc:
+                    status = exc.response.status_code
+                    if status in FATAL_HTTP_STATUSES:
+                        raise ListenerRejected(_status_reason(exc), status) from exc
+                    logger.warning("handshake with %s failed: HTTP %d", self.url, status)
+                except (OSError, TimeoutError, InvalidHandshake) as exc:
+                    logger.warning("cannot connect to %s: %s", self.url, _describe(exc))
+                else:
+                    delays = backoff_delays(self.min_backoff, self.max_backoff)
+                    # aclosing: the connection must close now, not whenever the GC finalises
+                    # an abandoned inner generator.
+                    async with contextlib.aclosing(self._consume(ws, stopper)) as messages:
+                        async for message in messages:
+                            self._at_yield = True
+                            try:
+                                yield message
+                            finally:
+                                self._at_yield = False
+                            if self._stop_requested:
+                                return
+                if self._stop_requested:
+                    return
+                delay = next(delays)
+                logger.info("reconnecting to %s in %.2fs", self.url, delay)
+                await asyncio.wait({stopper}, timeout=delay)
+        finally:
+            self._stop_requested = True
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
+            self._iterating = False
+            self._finished.set()
+
+    async def _open(self) -> ClientConnection:
+        return await connect(
+            self.url,
+            additional_headers=self._headers,
+            open_timeout=self.open_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            close_timeout=_CLOSE_TIMEOUT,
+        )
+
+    async def _consume(
+        self, ws: ClientConnection, stopper: asyncio.Future[Any]
+    ) -> AsyncIterator[Any]:
+        """Yield parsed messages from one connection until it drops or stop() is called."""
+        self._ws = ws
+        self._connections += 1
+        if self._connections > 1:
+            self.reconnects += 1
+        logger.info("connected to %s", self.url)
+        try:
+            while True:
+                try:
+                    raw = await self._race(ws.recv(), stopper)
+                except _Stopped:
+                    return
+                except ConnectionClosed as exc:
+                    code = exc.rcvd.code if exc.rcvd is not None else None
+                    if code is not None and code in _FATAL_CLOSE_CODES:
+                        raise ListenerRejected(exc.rcvd.reason or "closed by server", code) from exc
+                    logger.warning("connection to %s lost: %s", self.url, _describe(exc))
+                    return
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    logger.warning("skipping non-JSON frame from %s: %.80r", self.url, raw)
+                    continue
+                yield message
+        finally:
+            self._ws = None
+            await ws.close()
+
+    @staticmethod
+    async def _race(aw: Awaitable[Any], stopper: asyncio.Future[Any]) -> Any:
+        """Await ``aw`` unless stop() fires first, in which case raise _Stopped."""
+        task = asyncio.ensure_future(aw)
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                # Let the cancellation finish so no half-open socket or pending task lingers.
+                await asyncio.wait({task})
+        if task.cancelled():
+            raise _Stopped
+        return task.result()
+
+
+def _status_reason(exc: InvalidStatus) -> str:
+    response = exc.response
+    body = response.body.decode("utf-8", "replace").strip() if response.body else ""
+    text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    return f"handshake rejected: {text}" + (f": {body[:200]}" if body else "")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
