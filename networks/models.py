@@ -35,14 +35,6 @@ class Network(models.Model):
     def __str__(self) -> str:
         return self.slug
 
-    @classmethod
-    def from_db(cls, db, field_names, values):  # type: ignore[no-untyped-def]
-        instance = super().from_db(db, field_names, values)
-        # Remembered so a slug change can drop the cache entry under the old slug too.
-        if "slug" in field_names:
-            instance._loaded_slug = values[field_names.index("slug")]
-        return instance
-
 
 class ApiKey(models.Model):
     """A publisher credential, scoped to some of its organization's networks.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from .models import ApiKey, Network
@@ -43,8 +43,16 @@ def forget_api_key_scopes(
     _forget_after_commit(*(api_key_cache_key(h) for h in hashes))
 
 
+@receiver(pre_save, sender=Network)
+def remember_previous_slug(sender: type, instance: Network, **kwargs: object) -> None:
+    # A renamed network must also vanish from the cache under its old slug.
+    if instance.pk is not None:
+        previous = Network.objects.filter(pk=instance.pk).values_list("slug", flat=True).first()
+        instance._previous_slug = previous  # type: ignore[attr-defined]
+
+
 @receiver(post_save, sender=Network)
 @receiver(post_delete, sender=Network)
 def forget_network(sender: type, instance: Network, **kwargs: object) -> None:
-    slugs = {instance.slug, getattr(instance, "_loaded_slug", instance.slug)}
+    slugs = {instance.slug, getattr(instance, "_previous_slug", None) or instance.slug}
     _forget_after_commit(*(network_cache_key(slug) for slug in slugs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -143,7 +144,7 @@ async def test_iterator_yields_parsed_frames_in_order_and_skips_non_json(
     async with asyncio.timeout(TIMEOUT):
         consumer = asyncio.create_task(take(listener, len(sent)))
         await server.wait_for_clients()
-        assert listener.connected
+        await until(lambda: listener.connected)
         await server.broadcast(
             dumps(sent[0]), "this is not json", dumps(sent[1]), dumps(sent[2]), dumps(sent[3])
         )
@@ -206,7 +207,7 @@ async def test_aclose_from_another_task_ends_iteration(server: BroadcastServer) 
     seen: list[Any] = []
     async with asyncio.timeout(TIMEOUT):
         consumer = asyncio.create_task(listener.run(seen.append))
-        await server.wait_for_clients()
+        await until(lambda: listener.connected)
         await listener.aclose()  # the consumer is blocked waiting for a frame right now
         await consumer
         assert not listener.connected
@@ -435,12 +436,11 @@ def test_backoff_delays_validate_bounds() -> None:
 # -- CLI ------------------------------------------------------------------------------------
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-
-
-async def _spawn_cli(*args: str, cwd: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+@contextlib.asynccontextmanager
+async def cli(*args: str, cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``python -m katiedj_client ARGS`` (the installed package); kill it if left running."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "katiedj_client",
@@ -449,49 +449,66 @@ async def _spawn_cli(*args: str, cwd: Path) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=cwd,
-        env=_clean_env(),
+        env=env,
     )
-
-
-async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
     try:
-        out, err = await proc.communicate()
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def cli_connected(server: BroadcastServer, proc: asyncio.subprocess.Process) -> None:
+    """Wait for the CLI to connect, failing fast (with its stderr) if it exits instead."""
+    connected = asyncio.create_task(server.wait_for_clients())
+    exited = asyncio.create_task(proc.wait())
+    try:
+        await asyncio.wait({connected, exited}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (connected, exited):
+            task.cancel()
+        await asyncio.wait({connected, exited})
+    if not connected.done() or connected.cancelled():
+        code, out, err = await finish(proc)
+        pytest.fail(f"katiedj-listen exited with {code} before connecting: {err or out}")
 
 
 async def test_cli_appends_count_messages_to_file(server: BroadcastServer, tmp_path: Path) -> None:
     out_file = tmp_path / "samples.jsonl"
     out_file.write_text('{"old":true}\n')
     sent = [{"seq": 1, "temp": 21.5}, {"seq": 2, "unicode": "héllo"}, {"seq": 3, "nested": {}}]
-    async with asyncio.timeout(TIMEOUT * 2):
-        proc = await _spawn_cli(server.url(), "--count", "3", "--out", str(out_file), cwd=tmp_path)
-        try:
-            await server.wait_for_clients()
-            await server.broadcast("garbage", *map(dumps, sent), dumps({"seq": 4}))
-        finally:
-            code, out, err = await _finish(proc)
+    async with (
+        asyncio.timeout(TIMEOUT * 2),
+        cli(server.url(), "--count", "3", "--out", str(out_file), cwd=tmp_path) as proc,
+    ):
+        await cli_connected(server, proc)
+        await server.broadcast("garbage", *map(dumps, sent), dumps({"seq": 4}))
+        code, out, err = await finish(proc)
     assert (code, out) == (0, "")
     assert "skipping non-JSON frame" in err  # logged to stderr, never mixed into the data
     lines = out_file.read_text(encoding="utf-8").splitlines()
     assert lines[0] == '{"old":true}'
     assert [json.loads(line) for line in lines[1:]] == sent
-    assert all(" " not in line for line in lines[1:] if "héllo" not in line)
+    assert lines[1] == '{"seq":1,"temp":21.5}'  # compact separators
 
 
 async def test_cli_prints_json_lines_to_stdout(server: BroadcastServer, tmp_path: Path) -> None:
     sent = [{"a": 1}, {"b": [1, 2]}]
-    async with asyncio.timeout(TIMEOUT * 2):
-        proc = await _spawn_cli(server.url(), "--count", "2", "--token", "t0k", cwd=tmp_path)
-        try:
-            await server.wait_for_clients()
-            await server.broadcast(*map(dumps, sent))
-        finally:
-            code, out, err = await _finish(proc)
+    async with (
+        asyncio.timeout(TIMEOUT * 2),
+        cli(server.url(), "--count", "2", "--token", "t0k", cwd=tmp_path) as proc,
+    ):
+        await cli_connected(server, proc)
+        await server.broadcast(*map(dumps, sent))
+        code, out, err = await finish(proc)
     assert (code, err) == (0, "")
     assert out.splitlines() == ['{"a":1}', '{"b":[1,2]}']
     assert server.auth_headers == ["Bearer t0k"]
@@ -503,12 +520,14 @@ async def test_cli_exits_2_when_rejected(tmp_path: Path) -> None:
     )
     await srv.start()
     try:
-        async with asyncio.timeout(TIMEOUT * 2):
-            proc = await _spawn_cli(srv.url("/ws/networks/nope/"), cwd=tmp_path)
-            code, out, err = await _finish(proc)
+        async with (
+            asyncio.timeout(TIMEOUT * 2),
+            cli(srv.url("/ws/networks/nope/"), cwd=tmp_path) as proc,
+        ):
+            code, out, err = await finish(proc)
     finally:
         await srv.stop()
-    assert code == 2
+    assert code == 2, err
     assert out == ""
     assert len(err.splitlines()) == 1
     assert "404" in err
@@ -516,31 +535,29 @@ async def test_cli_exits_2_when_rejected(tmp_path: Path) -> None:
     assert srv.requests == 1
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_cli_interrupt_exits_0_quietly(
     server: BroadcastServer, tmp_path: Path, signum: int
 ) -> None:
-    async with asyncio.timeout(TIMEOUT * 2):
-        proc = await _spawn_cli(server.url(), cwd=tmp_path)
-        try:
-            await server.wait_for_clients()
-            await server.broadcast(dumps({"x": 1}))
-            assert proc.stdout is not None
-            assert await proc.stdout.readline() == b'{"x":1}\n'
-            proc.send_signal(signum)
-        finally:
-            code, out, err = await _finish(proc)
+    async with asyncio.timeout(TIMEOUT * 2), cli(server.url(), cwd=tmp_path) as proc:
+        await cli_connected(server, proc)
+        await server.broadcast(dumps({"x": 1}))
+        assert proc.stdout is not None
+        # Once a line is out, the CLI is inside its event loop: the signal hits the listener.
+        assert await proc.stdout.readline() == b'{"x":1}\n'
+        proc.send_signal(signum)
+        code, out, err = await finish(proc)
+        await until(lambda: not server.clients)
     assert (code, out, err) == (0, "", "")
-    await until(lambda: not server.clients)
 
 
 async def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     async with asyncio.timeout(TIMEOUT * 2):
-        proc = await _spawn_cli("http://example.invalid/", cwd=tmp_path)
-        code, _, err = await _finish(proc)
+        async with cli("http://example.invalid/", cwd=tmp_path) as proc:
+            code, _, err = await finish(proc)
         assert code == 2
         assert "valid URI" in err
-        proc = await _spawn_cli("ws://127.0.0.1:1/", "--count", "0", cwd=tmp_path)
-        code, _, err = await _finish(proc)
+        async with cli("ws://127.0.0.1:1/", "--count", "0", cwd=tmp_path) as proc:
+            code, _, err = await finish(proc)
         assert code == 2
         assert "--count" in err

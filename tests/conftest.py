@@ -1,0 +1,56 @@
+"""Shared fixtures: a provider organization, its networks and publisher keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.core.cache import cache
+
+from accounts.models import Organization
+from networks.models import ApiKey, Network
+from networks.sequence import reset_local_allocator
+from networks.services import api_key_create
+from tests.factories import NetworkFactory, OrganizationFactory
+
+
+@pytest.fixture(autouse=True)
+def _fresh_publish_state():
+    """Each test starts with an empty cache: cached rows of a rolled-back test would lie."""
+    cache.clear()
+    reset_local_allocator()
+    yield
+    cache.clear()
+    reset_local_allocator()
+
+
+@dataclass
+class IssuedKey:
+    row: ApiKey
+    secret: str
+
+
+@pytest.fixture
+def org(db) -> Organization:
+    return OrganizationFactory(slug="acme", name="Acme Sensors")
+
+
+@pytest.fixture
+def network(org) -> Network:
+    return NetworkFactory(organization=org, slug="city-traffic")
+
+
+@pytest.fixture
+def api_key(org, network) -> IssuedKey:
+    row, secret = api_key_create(organization=org, name="generator", networks=[network])
+    return IssuedKey(row=row, secret=secret)
+
+
+@pytest.fixture
+def other_org(db) -> Organization:
+    return OrganizationFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def other_network(other_org) -> Network:
+    return NetworkFactory(organization=other_org, slug="globex-weather")
