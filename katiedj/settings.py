@@ -41,7 +41,7 @@ DEBUG = env_bool("DEBUG", True)
 
 # A fixed development key keeps sessions valid across restarts of the embedded mode; it is
 # public (it is in the repository), so production must refuse to run with it.
-DEV_SECRET_KEY = "django-insecure-katiedj-embedded-development-key-do-not-use-in-production"
+DEV_SECRET_KEY = "django-insecure-katiedj-embedded-development-key-do-not-use-in-production"  # noqa: S105
 SECRET_KEY = os.environ.get("SECRET_KEY", "") or DEV_SECRET_KEY
 if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
@@ -51,6 +51,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PORT = env_int("PORT", 8000)
 # Browser origins allowed to open listener WebSockets ("*" for any); empty: ALLOWED_HOSTS.
 WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
+# Largest frame a listener may send (they have nothing to say; the server closes with 1009).
+WEBSOCKET_MAX_INBOUND_BYTES = env_int("WEBSOCKET_MAX_INBOUND_BYTES", 4096)
 
 VAR_DIR = Path(os.environ.get("KATIEDJ_VAR_DIR", BASE_DIR / "var"))
 
@@ -64,6 +66,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "channels",
+    "katiedj",
     "accounts",
     "networks",
     "billing",
@@ -74,6 +77,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's and portal's static assets in every mode; no web server needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -198,6 +203,14 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
 
 # --- Security in production -------------------------------------------------------------
 

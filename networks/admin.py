@@ -22,9 +22,15 @@ class ApiKeyCreationForm(forms.ModelForm):
     def clean(self) -> dict:
         cleaned = super().clean()
         organization = cleaned.get("organization")
-        foreign = [n.slug for n in cleaned.get("networks", []) if n.organization_id != getattr(organization, "id", None)]
+        foreign = [
+            n.slug
+            for n in cleaned.get("networks", [])
+            if n.organization_id != getattr(organization, "id", None)
+        ]
         if foreign:
-            raise forms.ValidationError(f"These networks belong to another organization: {', '.join(foreign)}")
+            raise forms.ValidationError(
+                f"These networks belong to another organization: {', '.join(foreign)}"
+            )
         return cleaned
 
 
@@ -42,7 +48,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             kwargs["form"] = ApiKeyCreationForm
         return super().get_form(request, obj, **kwargs)
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool
+    ) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -59,7 +67,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             level=messages.WARNING,
         )
 
-    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets, change: bool) -> None:  # type: ignore[no-untyped-def]
+    def save_related(
+        self, request: HttpRequest, form: forms.ModelForm, formsets, change: bool
+    ) -> None:  # type: ignore[no-untyped-def]
         if change:
             super().save_related(request, form, formsets, change)
 

@@ -61,7 +61,7 @@ def demo_bootstrap(*, key_file: Path, demo_key: str = "") -> DemoSetup:
         )
         key_created = True
     elif existing.revoked_at is not None:
-        raise ValueError("The demo key was revoked; unset DEMO_API_KEY or delete " f"{key_file}.")
+        raise ValueError(f"The demo key was revoked; unset DEMO_API_KEY or delete {key_file}.")
     if not demo_key:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(raw_key + "\n")

@@ -51,7 +51,7 @@ def is_well_formed(raw_key: str) -> bool:
 
 
 def hash_key(raw_key: str) -> str:
-    """SHA-256 hex digest: keys are high-entropy, so a fast hash is enough and keeps lookups O(1)."""
+    """SHA-256 hex digest: keys are high-entropy, so a fast hash suffices and lookups stay O(1)."""
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 

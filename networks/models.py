@@ -16,7 +16,9 @@ slug_validator = RegexValidator(
 class Network(models.Model):
     """A broadcast channel owned by one organization."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="networks")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="networks"
+    )
     slug = models.CharField(max_length=60, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
@@ -42,7 +44,9 @@ class ApiKey(models.Model):
     Only a display prefix and the SHA-256 of the secret are stored; the secret is shown once.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="api_keys"
+    )
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     hashed_secret = models.CharField(max_length=64, unique=True, editable=False)

@@ -46,7 +46,9 @@ class _BlockAllocator:
     @staticmethod
     def _reserve(network_id: int) -> tuple[int, int]:
         with transaction.atomic():
-            Network.objects.filter(pk=network_id).update(seq_reserved=F("seq_reserved") + BLOCK_SIZE)
+            Network.objects.filter(pk=network_id).update(
+                seq_reserved=F("seq_reserved") + BLOCK_SIZE
+            )
             limit = Network.objects.values_list("seq_reserved", flat=True).get(pk=network_id)
         return limit - BLOCK_SIZE + 1, limit
 

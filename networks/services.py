@@ -65,7 +65,9 @@ def api_key_create(
     if raw_key is None:
         raw_key = keys.generate_key()
     elif not raw_key or not keys.is_well_formed(raw_key):
-        raise ValueError("An imported key must be a non-empty string (and well formed if it starts with kdj_).")
+        raise ValueError(
+            "An imported key must be a non-empty string (and well formed if it starts with kdj_)."
+        )
     api_key = ApiKey.objects.create(
         organization=organization,
         name=name,
@@ -108,9 +110,7 @@ ERR_DATA_NOT_OBJECT = PublishError("data_not_object", "Can only broadcast json d
 
 
 def _payload_too_large(limit: int) -> PublishError:
-    return PublishError(
-        "payload_too_large", f"Payload too large: the limit is {limit} bytes", 413
-    )
+    return PublishError("payload_too_large", f"Payload too large: the limit is {limit} bytes", 413)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,5 +197,10 @@ def message_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
 
 def fan_out(*, network: NetworkInfo, message: PublishedMessage) -> None:
     """Hand the serialized frame to every process's listeners of the network (one group_send)."""
-    event = {"type": "network.message", "frame": message.frame, "seq": message.seq, "ts": message.ts}
+    event = {
+        "type": "network.message",
+        "frame": message.frame,
+        "seq": message.seq,
+        "ts": message.ts,
+    }
     async_to_sync(get_channel_layer().group_send)(network.group_name, event)

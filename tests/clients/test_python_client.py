@@ -85,7 +85,7 @@ class BroadcastServer:
             await ws.wait_closed()
         finally:
             self.clients.discard(ws)
-            self.close_codes.append(ws.close_code)
+            self.close_codes.append(ws.protocol.close_code)
 
     async def wait_for_clients(self, count: int = 1) -> None:
         await until(lambda: len(self.clients) >= count)

@@ -21,7 +21,9 @@ def test_create_network_then_key_then_revoke(client):
     assert network.organization.slug == "hydro"
     assert network.is_public
 
-    secret, message = run("create_api_key", "--org", "hydro", "--name", "gauge", "--network", "river-levels")
+    secret, message = run(
+        "create_api_key", "--org", "hydro", "--name", "gauge", "--network", "river-levels"
+    )
     secret = secret.strip()
     assert secret.startswith("kdj_")
     assert "shown only once" in message
@@ -52,7 +54,7 @@ def test_bootstrap_demo_is_idempotent_and_keeps_its_key(tmp_path, settings):
     settings.DEMO_API_KEY = ""
     first, _ = run("bootstrap_demo")
     second, _ = run("bootstrap_demo")
-    key_line = [line for line in first.splitlines() if "demo publisher key" in line][0]
+    key_line = next(line for line in first.splitlines() if "demo publisher key" in line)
     assert key_line in second
     assert "(created)" in first and "(reused)" in second
     assert Network.objects.filter(slug="sample_net").count() == 1
@@ -68,5 +70,10 @@ def test_bootstrap_demo_honours_demo_api_key(tmp_path, settings, client):
     assert "any string at all" in out
     assert not (tmp_path / "demo_api_key").exists()
     body = '{"network": "sample_net", "data": {"state": {"0": 3.0}}}'
-    response = client.post("/api/publish", data=body, content_type="application/json", headers={"API-KEY": "any string at all"})
+    response = client.post(
+        "/api/publish",
+        data=body,
+        content_type="application/json",
+        headers={"API-KEY": "any string at all"},
+    )
     assert response.status_code == 200

@@ -49,16 +49,41 @@ class TestLegacyPublish:
             ("wrong", "not json", 400, "API-KEY not valid"),
             ("VALID", "not json", 400, "POST data is not JSON"),
             ("VALID", "[1, 2]", 400, "POST data is not JSON"),
-            ("VALID", '{"network": "city-traffic", "data": {"x": NaN}}', 400, "POST data is not JSON"),
+            (
+                "VALID",
+                '{"network": "city-traffic", "data": {"x": NaN}}',
+                400,
+                "POST data is not JSON",
+            ),
             ("VALID", {"data": {}}, 400, "*network* key missing"),
             # Permission is checked before the data key, as in the original.
             ("VALID", {"network": "nowhere"}, 403, "You cannot broadcast to this channel"),
-            ("VALID", {"network": "globex-weather", "data": {}}, 403, "You cannot broadcast to this channel"),
+            (
+                "VALID",
+                {"network": "globex-weather", "data": {}},
+                403,
+                "You cannot broadcast to this channel",
+            ),
             ("VALID", {"network": 42, "data": {}}, 403, "You cannot broadcast to this channel"),
             ("VALID", {"network": "city-traffic"}, 400, "*data* key missing"),
-            ("VALID", {"network": "city-traffic", "data": [1, 2]}, 400, "Can only broadcast json data"),
-            ("VALID", {"network": "city-traffic", "data": "text"}, 400, "Can only broadcast json data"),
-            ("VALID", {"network": "city-traffic", "data": None}, 400, "Can only broadcast json data"),
+            (
+                "VALID",
+                {"network": "city-traffic", "data": [1, 2]},
+                400,
+                "Can only broadcast json data",
+            ),
+            (
+                "VALID",
+                {"network": "city-traffic", "data": "text"},
+                400,
+                "Can only broadcast json data",
+            ),
+            (
+                "VALID",
+                {"network": "city-traffic", "data": None},
+                400,
+                "Can only broadcast json data",
+            ),
         ],
     )
     def test_rejections_keep_the_original_status_and_error(
@@ -120,7 +145,9 @@ def post_v1(client, slug, body, headers):
 @pytest.mark.django_db
 class TestRestPublish:
     def test_bearer_and_api_key_headers_both_publish(self, client, api_key, network):
-        bearer = post_v1(client, network.slug, {"data": {"a": 1}}, {"Authorization": f"Bearer {api_key.secret}"})
+        bearer = post_v1(
+            client, network.slug, {"data": {"a": 1}}, {"Authorization": f"Bearer {api_key.secret}"}
+        )
         header = post_v1(client, network.slug, {"data": {"a": 2}}, {"API-KEY": api_key.secret})
         assert bearer.status_code == 201
         assert header.status_code == 201
@@ -138,7 +165,9 @@ class TestRestPublish:
             ("VALID", {"data": 3}, 400, "data_not_object"),
         ],
     )
-    def test_errors_are_json_with_a_stable_code(self, client, api_key, network, headers, body, status, code):
+    def test_errors_are_json_with_a_stable_code(
+        self, client, api_key, network, headers, body, status, code
+    ):
         if headers == "VALID":
             headers = {"Authorization": f"Bearer {api_key.secret}"}
         response = post_v1(client, network.slug, body, headers)
@@ -148,7 +177,9 @@ class TestRestPublish:
         if status == 401:
             assert response["WWW-Authenticate"].startswith("Bearer")
 
-    def test_another_tenants_network_is_forbidden_like_a_missing_one(self, client, api_key, other_network):
+    def test_another_tenants_network_is_forbidden_like_a_missing_one(
+        self, client, api_key, other_network
+    ):
         headers = {"Authorization": f"Bearer {api_key.secret}"}
         foreign = post_v1(client, other_network.slug, {"data": {}}, headers)
         missing = post_v1(client, "does-not-exist", {"data": {}}, headers)
@@ -163,5 +194,7 @@ class TestRestPublish:
         assert response.json()["code"] == "payload_too_large"
 
     def test_get_is_not_allowed(self, client, api_key, network):
-        response = client.get(f"/api/v1/networks/{network.slug}/messages", headers={"API-KEY": api_key.secret})
+        response = client.get(
+            f"/api/v1/networks/{network.slug}/messages", headers={"API-KEY": api_key.secret}
+        )
         assert response.status_code == 405

@@ -13,11 +13,15 @@ from tests.factories import NetworkFactory
 
 def publish(client, key, slug):
     body = json.dumps({"network": slug, "data": {"v": 1}})
-    return client.post("/api/publish", data=body, content_type="application/json", headers={"API-KEY": key})
+    return client.post(
+        "/api/publish", data=body, content_type="application/json", headers={"API-KEY": key}
+    )
 
 
 @pytest.mark.django_db
-def test_a_warm_publish_makes_no_database_query(client, api_key, network, django_assert_num_queries):
+def test_a_warm_publish_makes_no_database_query(
+    client, api_key, network, django_assert_num_queries
+):
     assert publish(client, api_key.secret, network.slug).status_code == 200
     # Sequence numbers come in reserved blocks, so the warm path is query-free.
     with django_assert_num_queries(0):
@@ -79,7 +83,9 @@ def test_a_key_cannot_be_scoped_to_another_tenants_network(org, other_network):
 
 
 @pytest.mark.django_db
-def test_a_key_smuggled_onto_a_foreign_network_still_cannot_publish_there(client, api_key, other_network):
+def test_a_key_smuggled_onto_a_foreign_network_still_cannot_publish_there(
+    client, api_key, other_network
+):
     # Even if a row links a key to another tenant's network (say, a bad admin edit), the
     # publish path only honours networks of the key's own organization.
     api_key.row.networks.add(other_network)
@@ -88,7 +94,9 @@ def test_a_key_smuggled_onto_a_foreign_network_still_cannot_publish_there(client
 
 @pytest.mark.django_db
 def test_imported_legacy_key_strings_publish(client, org, network):
-    api_key_create(organization=org, name="imported", networks=[network], raw_key="old-katie-dj-key")
+    api_key_create(
+        organization=org, name="imported", networks=[network], raw_key="old-katie-dj-key"
+    )
     assert publish(client, "old-katie-dj-key", network.slug).status_code == 200
     assert not ApiKey.objects.filter(hashed_secret__contains="old-katie").exists()
     assert not ApiKey.objects.filter(prefix="old-katie-dj-key").exists()

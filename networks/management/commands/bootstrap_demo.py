@@ -1,3 +1,4 @@
+import json
 import shlex
 
 from django.conf import settings
@@ -22,10 +23,8 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         base = f"{options['host']}:{options['port']}"
         slug = setup.network.slug
-        body = (
-            '{"network": "%s", "data": {"state": {"0": 12.5, "1": 40.0}, '
-            '"timestamp": "2026-01-01T00:00:00Z"}}' % slug
-        )
+        sample = {"state": {"0": 12.5, "1": 40.0}, "timestamp": "2026-01-01T00:00:00Z"}
+        body = json.dumps({"network": slug, "data": sample})
         status = "created" if setup.created else "reused"
         self.stdout.write(
             "\n".join(

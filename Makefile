@@ -1,0 +1,49 @@
+# KatieDJ: `make run` serves the embedded default; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+
+# The production-stack half of the suite talks to these (own database / Redis db numbers).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/katiedj
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
+
+.PHONY: install run test test-embedded test-production lint format bench clean
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]" -e clients/python
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the platform on the embedded default (SQLite, in-process channel layer; no services).
+run: install
+	PORT=$(PORT) $(PY) manage.py serve --port $(PORT)
+
+## The whole suite: in-process tests on the embedded settings, then everything (end-to-end
+## tests on both stacks included) on PostgreSQL + Redis.
+test: install test-embedded test-production
+
+test-embedded: install
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -m "not e2e" -q
+
+test-production: install
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: install
+	$(PY) -m bench.fanout --listeners 1000 --rate 100 --duration 10
+
+clean:
+	rm -rf $(VENV) var

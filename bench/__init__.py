@@ -1,0 +1,1 @@
+"""Load benchmarks for KatieDJ (run from the repository root, e.g. ``python -m bench.fanout``)."""

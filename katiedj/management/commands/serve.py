@@ -1,0 +1,34 @@
+import uvicorn
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the platform in one process: migrate, set up the demo, then serve HTTP and "
+        "WebSocket with uvicorn. This is what `make run` calls."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=settings.PORT)
+        parser.add_argument("--no-demo", action="store_true", help="Skip the demo set-up")
+
+    def handle(self, *args: object, **options: object) -> None:
+        host, port = str(options["host"]), int(options["port"])  # type: ignore[call-overload]
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        call_command("migrate", interactive=False, verbosity=0)
+        if not options["no_demo"]:
+            call_command("bootstrap_demo", host=host, port=port, stdout=self.stdout)
+        self.stdout.write(f"Serving on http://{host}:{port}/ (Ctrl-C to stop)")
+        self.stdout.flush()
+        uvicorn.run(
+            "katiedj.asgi:application",
+            host=host,
+            port=port,
+            lifespan="off",
+            # Listeners have nothing to say; a large inbound frame is abuse.
+            ws_max_size=settings.WEBSOCKET_MAX_INBOUND_BYTES,
+            log_level=settings.LOGGING["root"]["level"].lower(),
+        )

@@ -1,0 +1,63 @@
+"""The listener consumer in-process, on whichever channel layer the settings configure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from katiedj.asgi import application
+from networks.selectors import network_get_by_slug
+from networks.services import message_publish
+from tests.factories import NetworkFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def publish(slug: str, data: dict) -> None:
+    network = await sync_to_async(network_get_by_slug)(slug=slug)
+    await sync_to_async(message_publish)(network=network, data=data)
+
+
+async def test_a_listener_hears_what_is_published_to_its_network():
+    await sync_to_async(NetworkFactory)(slug="weather")
+    communicator = WebsocketCommunicator(application, "/ws/networks/weather/")
+    connected, _ = await communicator.connect()
+    assert connected
+    await publish("weather", {"temp": 21.5, "unit": "°C"})
+    frame = await communicator.receive_from(timeout=3)
+    assert json.loads(frame) == {"temp": 21.5, "unit": "°C"}
+    await communicator.disconnect()
+
+
+async def test_the_original_path_listens_to_sample_net():
+    await sync_to_async(NetworkFactory)(slug="sample_net")
+    communicator = WebsocketCommunicator(application, "/macro/sample/")
+    connected, _ = await communicator.connect()
+    assert connected
+    await publish("sample_net", {"state": {"0": 3.0}})
+    assert json.loads(await communicator.receive_from(timeout=3)) == {"state": {"0": 3.0}}
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("path", ["/ws/networks/unknown/", "/ws/networks/premium/"])
+async def test_unknown_and_paid_networks_are_refused_before_accept(path):
+    await sync_to_async(NetworkFactory)(slug="premium", is_public=False)
+    communicator = WebsocketCommunicator(application, path)
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_a_browser_page_from_a_foreign_origin_is_refused():
+    await sync_to_async(NetworkFactory)(slug="weather")
+    foreign = WebsocketCommunicator(
+        application, "/ws/networks/weather/", headers=[(b"origin", b"https://evil.example")]
+    )
+    assert (await foreign.connect())[0] is False
+    local = WebsocketCommunicator(
+        application, "/ws/networks/weather/", headers=[(b"origin", b"http://localhost:8000")]
+    )
+    assert (await local.connect())[0] is True
+    await local.disconnect()
