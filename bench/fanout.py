@@ -166,6 +166,53 @@ def self_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def core_jiffies() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies per ``cpu``/``cpuN`` line of /proc/stat."""
+    result: dict[str, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if not line.startswith("cpu"):
+            break
+        name, *values = line.split()
+        numbers = [int(value) for value in values[:8]]
+        idle = numbers[3] + numbers[4]
+        result[name] = (sum(numbers) - idle, sum(numbers))
+    return result
+
+
+def core_busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict:
+    """Busy fraction of each core between two ``core_jiffies`` snapshots."""
+    busy: dict[str, float] = {}
+    for name, (busy1, total1) in after.items():
+        busy0, total0 = before.get(name, (0, 0))
+        if total1 > total0:
+            busy[name] = round((busy1 - busy0) / (total1 - total0), 3)
+    return busy
+
+
+def process_cpu_table() -> dict[int, tuple[str, float]]:
+    """CPU seconds of every process, by pid, with its command name."""
+    table: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat.rsplit(")", 1)[1].split()
+                table[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return table
+
+
+def other_processes(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], mine: set[int]
+) -> dict[str, float]:
+    """The busiest processes besides server and client between two snapshots (>= 0.1 s)."""
+    used: Counter[str] = Counter()
+    for pid, (name, seconds) in after.items():
+        if pid not in mine:
+            used[f"{name}[{pid}]"] += seconds - before.get(pid, (name, 0.0))[1]
+    return {name: round(seconds, 2) for name, seconds in used.most_common(5) if seconds >= 0.1}
+
+
 def pin_process(pid: int, cores: set[int]) -> None:
     """Pin every existing thread of ``pid``; threads they start inherit the mask."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -600,6 +647,7 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
 
             server_cpu0, client_cpu0 = probe.cpu(), self_cpu_seconds()
             redis_cpu0 = redis_cpu.seconds()
+            cores0, processes0 = core_jiffies(), process_cpu_table()
             wall0 = time.perf_counter()
             log = await publisher.run()
             expected = len(listeners) * len(log.accepted)
@@ -608,6 +656,7 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
             server_cpu = probe.cpu() - server_cpu0
             client_cpu = self_cpu_seconds() - client_cpu0
             redis_cpu1 = redis_cpu.seconds()
+            cores1, processes1 = core_jiffies(), process_cpu_table()
             rss_end, rss_peak = probe.rss_kib(), probe.peak_kib()
     finally:
         await close_listeners(listeners, tasks)
@@ -642,6 +691,13 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
             if redis_cpu0 is not None and redis_cpu1 is not None
             else None
         ),
+    }
+    result["machine_during_window"] = {
+        "core_busy": core_busy(cores0, cores1),
+        "busiest_other_processes": other_processes(
+            processes0, processes1, {*probe.pids, os.getpid()}
+        ),
+        "loadavg": [round(value, 2) for value in os.getloadavg()],
     }
     result["server_rss_kib"].update({"end": rss_end, "peak": rss_peak})
     return result
@@ -704,7 +760,8 @@ def render(report: dict[str, Any]) -> str:
         ("warm-up delivered", f"{res['warmup']['delivered']:,} (HTTP {res['warmup']['status']})"),
         ("messages published (200)", f"{pub['accepted_200']:,}/{pub['scheduled']:,} in "
                                      f"{pub['seconds']:.2f} s"),
-        ("  publish errors", f"{pub['errors']} {fmt(pub['statuses'])}"),
+        ("  publish errors", f"{pub['errors']} (statuses: "
+                             + ", ".join(f"{k} x{v}" for k, v in pub["statuses"].items()) + ")"),
         ("  POST ms", pub["post_ms"]),
         ("  publisher schedule lag ms", pub["schedule_lag_ms"]),
         ("expected deliveries", res["expected"]),
@@ -731,6 +788,9 @@ def render(report: dict[str, Any]) -> str:
         ("server connect CPU s", conn["server_cpu_s"]),
         ("client parse ns (slice / json)", f"{report['parse_cost']['slice_parse_ns']} / "
                                            f"{report['parse_cost']['json_loads_ns']}"),
+        ("core busy during window", res["machine_during_window"]["core_busy"]),
+        ("other busy processes (CPU s)", res["machine_during_window"]["busiest_other_processes"]
+                                         or "-"),
         ("server log errors", res.get("server_log_problems") or "-"),
     ]  # fmt: skip
     width = max(len(label) for label, _ in rows)

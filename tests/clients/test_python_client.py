@@ -215,6 +215,85 @@ async def test_aclose_from_another_task_ends_iteration(server: BroadcastServer) 
     assert seen == []
 
 
+async def test_aclose_while_consumer_is_busy_in_a_callback(server: BroadcastServer) -> None:
+    listener = Listener(server.url(), **FAST)
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen: list[Any] = []
+
+    async def slow(message: Any) -> None:
+        seen.append(message)
+        entered.set()
+        await release.wait()
+
+    async with asyncio.timeout(TIMEOUT):
+        consumer = asyncio.create_task(listener.run(slow))
+        await server.wait_for_clients()
+        await server.broadcast(dumps({"n": 1}), dumps({"n": 2}))
+        await entered.wait()
+        await listener.aclose()  # must not fight the consumer task over the generator
+        assert not listener.connected
+        await until(lambda: server.close_codes == [1000])
+        release.set()
+        await consumer  # ends normally, without the frame that was still queued
+    assert seen == [{"n": 1}]
+
+
+async def test_aclose_after_consumer_broke_out_of_loop(server: BroadcastServer) -> None:
+    listener = Listener(server.url(), **FAST)
+    broke_out, finish = asyncio.Event(), asyncio.Event()
+
+    async def consume_one_then_linger() -> Any:
+        first = None
+        async for message in listener:
+            first = message
+            break
+        broke_out.set()
+        await finish.wait()  # the task stays alive but never resumes the iterator
+        return first
+
+    async with asyncio.timeout(TIMEOUT):
+        consumer = asyncio.create_task(consume_one_then_linger())
+        await server.wait_for_clients()
+        await server.broadcast(dumps({"only": 1}))
+        await broke_out.wait()
+        await listener.aclose()
+        await until(lambda: server.close_codes == [1000])
+        finish.set()
+        assert await consumer == {"only": 1}
+
+
+async def test_aclose_inside_loop_body_ends_iteration(server: BroadcastServer) -> None:
+    async def send_two() -> None:
+        await server.wait_for_clients()
+        await server.broadcast(dumps({"n": 1}), dumps({"n": 2}))
+
+    listener = Listener(server.url(), **FAST)
+    seen: list[Any] = []
+    async with asyncio.timeout(TIMEOUT):
+        sender = asyncio.create_task(send_two())
+        async for message in listener:
+            seen.append(message)
+            await listener.aclose()
+        await sender
+        await until(lambda: server.close_codes == [1000])
+    assert seen == [{"n": 1}]
+
+
+async def test_callback_error_propagates_and_closes(server: BroadcastServer) -> None:
+    def explode(message: Any) -> None:
+        raise ValueError(f"bad sample {message}")
+
+    listener = Listener(server.url(), **FAST)
+    async with asyncio.timeout(TIMEOUT):
+        consumer = asyncio.create_task(listener.run(explode))
+        await server.wait_for_clients()
+        await server.broadcast(dumps({"n": 1}))
+        with pytest.raises(ValueError, match="bad sample"):
+            await consumer
+        assert not listener.connected
+        await until(lambda: len(server.close_codes) == 1)
+
+
 async def test_stop_from_another_thread_while_reconnecting() -> None:
     down = BroadcastServer()
     await down.start()
@@ -437,9 +516,15 @@ def test_backoff_delays_validate_bounds() -> None:
 
 
 @contextlib.asynccontextmanager
-async def cli(*args: str, cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run ``python -m katiedj_client ARGS`` (the installed package); kill it if left running."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and k != "KATIEDJ_TOKEN"
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -449,7 +534,7 @@ async def cli(*args: str, cwd: Path) -> AsyncIterator[asyncio.subprocess.Process
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=cwd,
-        env=env,
+        env=base | (env or {}),
     )
     try:
         yield proc
@@ -514,6 +599,18 @@ async def test_cli_prints_json_lines_to_stdout(server: BroadcastServer, tmp_path
     assert server.auth_headers == ["Bearer t0k"]
 
 
+async def test_cli_reads_token_from_environment(server: BroadcastServer, tmp_path: Path) -> None:
+    async with (
+        asyncio.timeout(TIMEOUT * 2),
+        cli(server.url(), "--count", "1", cwd=tmp_path, env={"KATIEDJ_TOKEN": "from-env"}) as proc,
+    ):
+        await cli_connected(server, proc)
+        await server.broadcast(dumps({"a": 1}))
+        code, _, err = await finish(proc)
+    assert (code, err) == (0, "")
+    assert server.auth_headers == ["Bearer from-env"]
+
+
 async def test_cli_exits_2_when_rejected(tmp_path: Path) -> None:
     srv = BroadcastServer(
         on_request=lambda conn, req, nth: conn.respond(HTTPStatus.NOT_FOUND, "unknown network\n")
@@ -561,3 +658,15 @@ async def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
             code, _, err = await finish(proc)
         assert code == 2
         assert "--count" in err
+
+
+async def test_cli_unwritable_output_exits_1(tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "out.jsonl"
+    async with (
+        asyncio.timeout(TIMEOUT * 2),
+        cli("ws://127.0.0.1:1/", "--out", str(target), cwd=tmp_path) as proc,
+    ):
+        code, out, err = await finish(proc)
+    assert (code, out) == (1, "")
+    assert err.startswith("katiedj-listen: cannot open ")
+    assert len(err.splitlines()) == 1

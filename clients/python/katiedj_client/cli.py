@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidURI
 from katiedj_client.listener import Listener, ListenerRejected
 
 EXIT_OK = 0
+EXIT_OUTPUT_ERROR = 1
 EXIT_REJECTED = 2
 
 
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Listen to a KatieDJ network and write each sample as one JSON line.",
     )
     parser.add_argument("url", help="e.g. ws://127.0.0.1:8000/ws/networks/<slug>/")
-    parser.add_argument("--token", help="API token, sent as 'Authorization: Bearer <token>'")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("KATIEDJ_TOKEN"),
+        help="API token, sent as 'Authorization: Bearer <token>' (default: $KATIEDJ_TOKEN, "
+        "which keeps it out of the process list)",
+    )
     parser.add_argument("--out", metavar="FILE.jsonl", help="append to this file, not stdout")
     parser.add_argument(
         "--count", type=_positive_int, metavar="N", help="exit after N messages (default: never)"
@@ -80,11 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     try:
-        if args.out:
-            with open(args.out, "a", encoding="utf-8") as sink:
-                asyncio.run(_listen(listener, sink, args.count))
-        else:
-            asyncio.run(_listen(listener, sys.stdout, args.count))
+        sink = open(args.out, "a", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        print(f"katiedj-listen: cannot open {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+
+    try:
+        asyncio.run(_listen(listener, sink, args.count))
     except KeyboardInterrupt:
         return EXIT_OK
     except ListenerRejected as exc:
@@ -96,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
     return EXIT_OK
 
 

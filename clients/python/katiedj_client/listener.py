@@ -8,11 +8,12 @@ import inspect
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, Self
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 __all__ = ["FATAL_HTTP_STATUSES", "Listener", "ListenerRejected", "backoff_delays"]
@@ -108,9 +109,10 @@ class Listener:
         self._stop_requested = False
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._agen: AsyncGenerator[Any, None] | None = None
         self._iterating = False
         self._at_yield = False
-        self._agen: Any = None
+        self._consumer: asyncio.Task[Any] | None = None
         self._finished: asyncio.Event | None = None
 
     def __repr__(self) -> str:
@@ -119,7 +121,7 @@ class Listener:
     @property
     def connected(self) -> bool:
         """True while a WebSocket connection is open."""
-        return self._ws is not None
+        return self._ws is not None and self._ws.state is State.OPEN
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -128,9 +130,7 @@ class Listener:
         self._stop_requested = True
         loop, event = self._loop, self._stop_event
         if loop is None or event is None:
-            return
-        if loop.is_closed():
-            return
+            return  # not iterating yet: the flag alone is enough
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -139,20 +139,28 @@ class Listener:
             event.set()
         else:
             # asyncio.Event is not thread-safe: hand the wake-up to the listener's own loop.
-            loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(RuntimeError):  # that loop is already closed
+                loop.call_soon_threadsafe(event.set)
 
     async def aclose(self) -> None:
-        """Stop and wait until the connection is closed."""
+        """Stop, and return once the connection is closed and no message will be yielded."""
         self.stop()
-        agen = self._agen
-        if agen is None:
+        agen, finished = self._agen, self._finished
+        if agen is None or finished is None or finished.is_set():
             return
-        if self._at_yield:
-            # The consumer is parked between messages (possibly this very task), so the
-            # generator can be finalised right here.
+        if not self._at_yield:
+            # The consumer is inside the generator, which stop() is waking up right now.
+            await finished.wait()
+            return
+        consumer = self._consumer
+        if consumer is None or consumer is asyncio.current_task() or consumer.done():
+            # Nobody else can resume the generator, so finalising it here is race-free.
             await agen.aclose()
-        elif self._finished is not None:
-            await self._finished.wait()
+        elif self._ws is not None:
+            # The consumer task may resume the generator at any moment, and finalising a
+            # generator from two tasks at once fails; closing the socket is enough: the next
+            # resume sees the stop flag and returns.
+            await self._ws.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -162,7 +170,7 @@ class Listener:
 
     # -- consuming ----------------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
         agen = self._messages()
         if not self._iterating:
             self._agen = agen
@@ -179,10 +187,11 @@ class Listener:
         finally:
             await agen.aclose()
 
-    async def _messages(self) -> AsyncIterator[Any]:
+    async def _messages(self) -> AsyncGenerator[Any, None]:
         if self._iterating:
             raise RuntimeError("this Listener is already being iterated")
         self._iterating = True
+        self._consumer = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._finished = asyncio.Event()
@@ -214,6 +223,7 @@ class Listener:
                                 yield message
                             finally:
                                 self._at_yield = False
+                                self._consumer = asyncio.current_task()
                             if self._stop_requested:
                                 return
                 if self._stop_requested:
@@ -241,7 +251,7 @@ class Listener:
 
     async def _consume(
         self, ws: ClientConnection, stopper: asyncio.Future[Any]
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Yield parsed messages from one connection until it drops or stop() is called."""
         self._ws = ws
         self._connections += 1
@@ -255,9 +265,10 @@ class Listener:
                 except _Stopped:
                     return
                 except ConnectionClosed as exc:
-                    code = exc.rcvd.code if exc.rcvd is not None else None
-                    if code is not None and code in _FATAL_CLOSE_CODES:
-                        raise ListenerRejected(exc.rcvd.reason or "closed by server", code) from exc
+                    rcvd = exc.rcvd
+                    if rcvd is not None and rcvd.code in _FATAL_CLOSE_CODES:
+                        reason = rcvd.reason or "closed by server"
+                        raise ListenerRejected(reason, rcvd.code) from exc
                     logger.warning("connection to %s lost: %s", self.url, _describe(exc))
                     return
                 try:
