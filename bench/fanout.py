@@ -45,6 +45,7 @@ FRAME_PREFIX = b'{"id":'
 # Bytes of a frame around the padding: {"id":123456,"t":1234567890.123456,"pad":""}
 FRAME_OVERHEAD = 48
 WARMUP_ID = -1
+NOT_SENT = "not sent (window over)"
 
 
 # --- Configuration ------------------------------------------------------------------------
@@ -403,27 +404,40 @@ async def close_listeners(listeners: list[Listener], tasks: list[asyncio.Task[No
 
 @dataclass
 class PublishLog:
-    """What the publisher did: send times by id, accepted ids, statuses and timings."""
+    """What the publisher did: send and due times by id, accepted ids, statuses, timings."""
 
-    sent_at: dict[int, float] = field(default_factory=dict)
+    due_at: dict[int, float] = field(default_factory=dict)  # wall clock it was scheduled for
+    sent_at: dict[int, float] = field(default_factory=dict)  # wall clock just before its POST
     accepted: set[int] = field(default_factory=set)
     statuses: Counter[str] = field(default_factory=Counter)
     post_seconds: list[float] = field(default_factory=list)
-    schedule_lag: list[float] = field(default_factory=list)
-    started: float = 0.0  # wall clock of the first send
+    queue_wait: list[float] = field(default_factory=list)  # due → POST start
+    schedule_lag: list[float] = field(default_factory=list)  # due → enqueued (client loop lag)
+    started: float = 0.0  # wall clock of the first due time
     finished: float = 0.0  # wall clock when the last POST ended
 
 
 class Publisher:
-    """POSTs ``{"network", "data": {"id", "t", "pad"}}`` over a keep-alive connection pool."""
+    """POSTs ``{"network", "data": {"id", "t", "pad"}}`` from a FIFO over keep-alive sockets.
 
-    def __init__(self, cfg: Config, client: httpx.AsyncClient, urls: list[str], key: str):
+    Each of ``publish_connections`` workers owns one persistent connection, so a slow server
+    makes messages wait in the publisher's queue (measured) rather than in an HTTP pool.
+    """
+
+    def __init__(self, cfg: Config, urls: list[str], key: str) -> None:
         self.cfg = cfg
-        self.client = client
         self.urls = urls
         self.headers = {"API-KEY": key, "Content-Type": "application/json"}
         self.pad_chars = max(0, cfg.payload_bytes - FRAME_OVERHEAD)
         self.random = random.Random(20240501)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self.clients = [
+            httpx.AsyncClient(limits=limits, timeout=cfg.post_timeout)
+            for _ in range(cfg.publish_connections)
+        ]
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients))
 
     def body(self, message_id: int, sent_at: float) -> bytes:
         # Random hex padding: if deflate is negotiated it does real work.
@@ -431,16 +445,14 @@ class Publisher:
         data = {"id": message_id, "t": sent_at, "pad": pad}
         return json.dumps({"network": NETWORK, "data": data}).encode()
 
-    async def post(self, message_id: int, log: PublishLog, due: float | None = None) -> int:
+    async def post(self, client: httpx.AsyncClient, message_id: int, log: PublishLog) -> int:
         """One POST; the send time is taken just before it. Returns the status (0: error)."""
-        if due is not None:
-            log.schedule_lag.append(time.perf_counter() - due)
         sent_at = time.time()
         body = self.body(message_id, sent_at)
         log.sent_at[message_id] = sent_at
         started = time.perf_counter()
         try:
-            response = await self.client.post(
+            response = await client.post(
                 self.urls[message_id % len(self.urls)], content=body, headers=self.headers
             )
         except httpx.HTTPError as error:
@@ -452,25 +464,47 @@ class Publisher:
             log.accepted.add(message_id)
         return response.status_code
 
+    async def worker(
+        self, client: httpx.AsyncClient, queue: asyncio.Queue[tuple[int, float] | None],
+        log: PublishLog, stop_sending: float,
+    ) -> None:  # fmt: skip
+        """Send queued messages in order; those still queued when the window ends are not."""
+        while (item := await queue.get()) is not None:
+            message_id, due = item
+            now = time.perf_counter()
+            if now > stop_sending:
+                log.statuses[NOT_SENT] += 1
+                continue
+            log.queue_wait.append(now - due)
+            await self.post(client, message_id, log)
+
     async def run(self) -> PublishLog:
         """Open loop: message i is due at start + i/rate whatever happened to the others."""
         log = PublishLog()
         total = round(self.cfg.rate * self.cfg.duration)
         interval = 1.0 / self.cfg.rate
-        tasks: set[asyncio.Task[int]] = set()
+        queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
         origin = time.perf_counter() + 0.01
         log.started = time.time() + 0.01
+        stop_sending = origin + total * interval
+        workers = [
+            asyncio.create_task(self.worker(client, queue, log, stop_sending))
+            for client in self.clients
+        ]
         for message_id in range(total):
             due = origin + message_id * interval
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.add(asyncio.create_task(self.post(message_id, log, due)))
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.cfg.post_timeout + 5)
-            for task in pending:
-                task.cancel()
-                log.statuses["unfinished"] += 1
+            log.schedule_lag.append(time.perf_counter() - due)
+            log.due_at[message_id] = log.started + message_id * interval
+            queue.put_nowait((message_id, due))
+        for _ in workers:
+            queue.put_nowait(None)
+        _, pending = await asyncio.wait(workers, timeout=self.cfg.post_timeout + 5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         log.finished = time.time()
         return log
 
@@ -535,8 +569,9 @@ def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
     """Count delivered, duplicated, reordered and unexpected frames; latency percentiles."""
     delivered = duplicates = reordered = unexpected = in_window = 0
     latencies: list[float] = []
+    from_due: list[float] = []
     last_received = 0.0
-    accepted, sent_at = log.accepted, log.sent_at
+    accepted, sent_at, due_at = log.accepted, log.sent_at, log.due_at
     for listener in listeners:
         seen: set[int] = set()
         previous = -1
@@ -554,6 +589,7 @@ def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
             delivered += 1
             latencies.append(latency)
             received = sent_at[message_id] + latency
+            from_due.append(received - due_at[message_id])
             last_received = max(last_received, received)
             if received <= log.finished:
                 in_window += 1
@@ -570,6 +606,7 @@ def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
         ),
         "first_publish_to_last_delivery_s": round(span, 3) if delivered else None,
         "latency_ms": distribution_ms(latencies),
+        "latency_from_due_ms": distribution_ms(from_due),
     }
 
 
@@ -629,36 +666,32 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
         "after_connect": rss_connected,
         "per_listener": round((rss_connected - rss_idle) / len(listeners), 1) if listeners else 0,
     }
-    limits = httpx.Limits(
-        max_connections=cfg.publish_connections, max_keepalive_connections=cfg.publish_connections
-    )
+    publisher = Publisher(cfg, http_urls, stack.demo_key)
     try:
-        async with httpx.AsyncClient(limits=limits, timeout=cfg.post_timeout) as client:
-            publisher = Publisher(cfg, client, http_urls, stack.demo_key)
-            # Warm-up: caches filled, every subscription proven live; not measured.
-            warmup_log = PublishLog()
-            warmup_status = await publisher.post(WARMUP_ID, warmup_log)
-            for _ in range(300):  # up to 15 s
-                if tally.warmup >= len(listeners):
-                    break
-                await asyncio.sleep(0.05)
-            result["warmup"] = {"status": warmup_status, "delivered": tally.warmup}
-            await asyncio.sleep(0.5)
+        # Warm-up: caches filled, every subscription proven live; not measured.
+        warmup_status = await publisher.post(publisher.clients[0], WARMUP_ID, PublishLog())
+        for _ in range(300):  # up to 15 s
+            if tally.warmup >= len(listeners):
+                break
+            await asyncio.sleep(0.05)
+        result["warmup"] = {"status": warmup_status, "delivered": tally.warmup}
+        await asyncio.sleep(0.5)
 
-            server_cpu0, client_cpu0 = probe.cpu(), self_cpu_seconds()
-            redis_cpu0 = redis_cpu.seconds()
-            cores0, processes0 = core_jiffies(), process_cpu_table()
-            wall0 = time.perf_counter()
-            log = await publisher.run()
-            expected = len(listeners) * len(log.accepted)
-            drained = await drain(cfg, tally, expected)
-            wall = time.perf_counter() - wall0
-            server_cpu = probe.cpu() - server_cpu0
-            client_cpu = self_cpu_seconds() - client_cpu0
-            redis_cpu1 = redis_cpu.seconds()
-            cores1, processes1 = core_jiffies(), process_cpu_table()
-            rss_end, rss_peak = probe.rss_kib(), probe.peak_kib()
+        server_cpu0, client_cpu0 = probe.cpu(), self_cpu_seconds()
+        redis_cpu0 = redis_cpu.seconds()
+        cores0, processes0 = core_jiffies(), process_cpu_table()
+        wall0 = time.perf_counter()
+        log = await publisher.run()
+        expected = len(listeners) * len(log.accepted)
+        drained = await drain(cfg, tally, expected)
+        wall = time.perf_counter() - wall0
+        server_cpu = probe.cpu() - server_cpu0
+        client_cpu = self_cpu_seconds() - client_cpu0
+        redis_cpu1 = redis_cpu.seconds()
+        cores1, processes1 = core_jiffies(), process_cpu_table()
+        rss_end, rss_peak = probe.rss_kib(), probe.peak_kib()
     finally:
+        await publisher.aclose()
         await close_listeners(listeners, tasks)
 
     counted = deliveries(listeners, log)
@@ -666,10 +699,14 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
     result["publish"] = {
         "scheduled": round(cfg.rate * cfg.duration),
         "accepted_200": len(log.accepted),
-        "errors": sum(n for status, n in log.statuses.items() if status != "200"),
+        "errors": sum(n for status, n in log.statuses.items() if status not in ("200", NOT_SENT)),
+        "unanswered": len(log.sent_at)
+        - sum(n for status, n in log.statuses.items() if status != NOT_SENT),
         "statuses": dict(log.statuses),
         "post_ms": distribution_ms(log.post_seconds),
         "schedule_lag_ms": distribution_ms(log.schedule_lag),
+        "queue_wait_ms": distribution_ms(log.queue_wait),
+        "sent": len(log.sent_at),
         "seconds": round(log.finished - log.started, 3),
     }
     result["expected"] = expected
@@ -758,11 +795,12 @@ def render(report: dict[str, Any]) -> str:
         ("  connect ms per socket", conn["per_connection_ms"]),
         ("  connect failures", conn["failures"] or "-"),
         ("warm-up delivered", f"{res['warmup']['delivered']:,} (HTTP {res['warmup']['status']})"),
-        ("messages published (200)", f"{pub['accepted_200']:,}/{pub['scheduled']:,} in "
-                                     f"{pub['seconds']:.2f} s"),
-        ("  publish errors", f"{pub['errors']} (statuses: "
+        ("messages published (200)", f"{pub['accepted_200']:,} of {pub['sent']:,} sent, "
+                                     f"{pub['scheduled']:,} scheduled; {pub['seconds']:.2f} s"),
+        ("  publish errors / unanswered", f"{pub['errors']} / {pub['unanswered']} (statuses: "
                              + ", ".join(f"{k} x{v}" for k, v in pub["statuses"].items()) + ")"),
         ("  POST ms", pub["post_ms"]),
+        ("  publisher queue wait ms", pub["queue_wait_ms"]),
         ("  publisher schedule lag ms", pub["schedule_lag_ms"]),
         ("expected deliveries", res["expected"]),
         ("delivered", dlv["delivered"]),
@@ -774,7 +812,8 @@ def render(report: dict[str, Any]) -> str:
                   f"last-second rate {res['drain']['tail_rate']:,.0f}/s"),
         ("delivered msg/s (publish+drain)", dlv["delivered_per_s"]),
         ("delivered msg/s (publish window)", dlv["delivered_in_publish_window_per_s"]),
-        ("latency ms publish->receive", dlv["latency_ms"]),
+        ("latency ms POST start->receive", dlv["latency_ms"]),
+        ("latency ms due->receive", dlv["latency_from_due_ms"]),
         ("server CPU s (util of its cores)", f"{cpu['server_s']:.2f} s over {cpu['window_s']:.1f} s"
                                              f" ({cpu['server_util']:.0%})"),
         ("server CPU us / delivered msg", cpu["server_us_per_delivery"]),

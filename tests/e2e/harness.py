@@ -185,6 +185,18 @@ def production_services_available() -> str | None:
     return None
 
 
+def require_production_services() -> None:
+    """Skip (locally) or fail (CI, KATIEDJ_REQUIRE_SERVICES=1) when PostgreSQL/Redis are down."""
+    import pytest
+
+    missing = production_services_available()
+    if missing is None:
+        return
+    if os.environ.get("CI", "").lower() == "true" or os.environ.get("KATIEDJ_REQUIRE_SERVICES"):
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database for one stack; dropped afterwards."""

@@ -157,3 +157,10 @@ async def test_a_message_published_on_one_process_reaches_listeners_on_every_pro
         for ws in (on_first, on_second):
             received = [json.loads(await next_frame(ws)) for _ in range(2)]
             assert received == [{"from": 0}, {"from": 1}]
+
+
+async def test_an_oversized_listener_frame_closes_the_listener_with_1009(stack):
+    async with websockets.connect(stack.servers[0].ws + "/ws/networks/sample_net/") as ws:
+        await ws.send("x" * 5000)
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 1009
