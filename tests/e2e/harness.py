@@ -37,9 +37,10 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
+def run_python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run this interpreter in the repository with ``env``; output captured, never raises."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -47,6 +48,10 @@ def manage(env: dict[str, str], *args: str) -> str:
         timeout=120,
         check=False,
     )
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = run_python(env, "manage.py", *args)
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
