@@ -39,7 +39,6 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.e2e import harness
 
-NETWORK = "sample_net"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FRAME_PREFIX = b'{"id":'
 # Bytes of a frame around the padding: {"id":123456,"t":1234567890.123456,"pad":""}
@@ -59,6 +58,7 @@ class Config:
     rate: float
     duration: float
     payload_bytes: int
+    network: str
     stack: str
     processes: int
     server_cpus: str | None
@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--rate", type=float, required=True, help="published messages/s")
     parser.add_argument("--duration", type=float, required=True, help="publish seconds")
     parser.add_argument("--payload-bytes", type=int, default=1024, help="frame size (~bytes)")
+    parser.add_argument("--network", default="sample_net", help="network slug (demo key's)")
     parser.add_argument("--stack", choices=["production", "embedded"], default="production")
     parser.add_argument("--processes", type=int, default=1, help="server processes")
     parser.add_argument("--server-cpus", default="0", help="taskset list for the servers")
@@ -118,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         rate=args.rate,
         duration=args.duration,
         payload_bytes=args.payload_bytes,
+        network=args.network,
         stack=args.stack,
         processes=args.processes,
         server_cpus=args.server_cpus if pin else None,
@@ -145,6 +147,13 @@ def cpu_list(spec: str) -> set[int]:
         low, _, high = part.partition("-")
         cores.update(range(int(low), int(high or low) + 1))
     return cores
+
+
+def server_cores(cfg: Config) -> int:
+    """How many cores the server processes can run on together."""
+    if cfg.server_cpus is not None:
+        return len(cpu_list(cfg.server_cpus))
+    return min(cfg.processes, os.cpu_count() or 1)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -259,8 +268,8 @@ def start_stack(cfg: Config, tmp: Path) -> harness.Stack:
     return stack
 
 
-class RedisCpu:
-    """CPU seconds of the Redis server (INFO cpu), or None without Redis."""
+class RedisStats:
+    """CPU seconds, connections accepted and commands run by Redis (INFO), or None."""
 
     def __init__(self, url: str | None) -> None:
         self.client: Any = None
@@ -269,14 +278,30 @@ class RedisCpu:
 
             self.client = redis.Redis.from_url(url, socket_timeout=3)
 
-    def seconds(self) -> float | None:
+    def sample(self) -> tuple[float, int, int] | None:
         if self.client is None:
             return None
         try:
-            info = self.client.info("cpu")
+            info = self.client.info()
         except Exception:
             return None
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return (
+            float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+            int(info["total_connections_received"]),
+            int(info["total_commands_processed"]),
+        )
+
+    @staticmethod
+    def delta(
+        before: tuple[float, int, int] | None, after: tuple[float, int, int] | None
+    ) -> dict[str, float] | None:
+        if before is None or after is None:
+            return None
+        return {
+            "cpu_s": round(after[0] - before[0], 3),
+            "connections_opened": after[1] - before[1],
+            "commands": after[2] - before[2] - 1,  # minus the first INFO
+        }
 
 
 # --- Listeners ----------------------------------------------------------------------------
@@ -415,6 +440,7 @@ class PublishLog:
     schedule_lag: list[float] = field(default_factory=list)  # due → enqueued (client loop lag)
     started: float = 0.0  # wall clock of the first due time
     finished: float = 0.0  # wall clock when the last POST ended
+    cutoff: float = 0.0  # wall clock when the drain ended: later frames do not count
 
 
 class Publisher:
@@ -443,7 +469,7 @@ class Publisher:
         # Random hex padding: if deflate is negotiated it does real work.
         pad = self.random.randbytes(self.pad_chars // 2 + 1).hex()[: self.pad_chars]
         data = {"id": message_id, "t": sent_at, "pad": pad}
-        return json.dumps({"network": NETWORK, "data": data}).encode()
+        return json.dumps({"network": self.cfg.network, "data": data}).encode()
 
     async def post(self, client: httpx.AsyncClient, message_id: int, log: PublishLog) -> int:
         """One POST; the send time is taken just before it. Returns the status (0: error)."""
@@ -567,7 +593,7 @@ def distribution_ms(values: list[float]) -> dict[str, float | None]:
 
 def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
     """Count delivered, duplicated, reordered and unexpected frames; latency percentiles."""
-    delivered = duplicates = reordered = unexpected = in_window = 0
+    delivered = duplicates = reordered = unexpected = in_window = late = 0
     latencies: list[float] = []
     from_due: list[float] = []
     last_received = 0.0
@@ -586,9 +612,12 @@ def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
             if message_id not in accepted:
                 unexpected += 1
                 continue
+            received = sent_at[message_id] + latency
+            if received > log.cutoff:
+                late += 1
+                continue
             delivered += 1
             latencies.append(latency)
-            received = sent_at[message_id] + latency
             from_due.append(received - due_at[message_id])
             last_received = max(last_received, received)
             if received <= log.finished:
@@ -600,6 +629,7 @@ def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
         "duplicates": duplicates,
         "reordered": reordered,
         "unexpected": unexpected,
+        "after_drain": late,
         "delivered_per_s": round(delivered / span, 1) if span > 0 else None,
         "delivered_in_publish_window_per_s": (
             round(in_window / publish_span, 1) if publish_span > 0 else None
@@ -640,12 +670,12 @@ class ServerProbe:
 async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
     """Connect, warm up, publish, drain, measure; always closes the listeners."""
     probe = ServerProbe(stack)
-    redis_cpu = RedisCpu(stack.env.get("REDIS_URL"))
-    ws_urls = [f"{server.ws}/ws/networks/{NETWORK}/" for server in stack.servers]
+    redis_stats = RedisStats(stack.env.get("REDIS_URL"))
+    ws_urls = [f"{server.ws}/ws/networks/{cfg.network}/" for server in stack.servers]
     http_urls = [f"{server.http}/api/publish" for server in stack.servers]
     result: dict[str, Any] = {"server_pids": probe.pids}
     rss_idle = probe.rss_kib()
-    cpu_before_connect = probe.cpu()
+    cpu_before_connect, redis_before_connect = probe.cpu(), redis_stats.sample()
 
     connected = await open_listeners(cfg, ws_urls)
     listeners = connected.listeners
@@ -660,6 +690,7 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
         "seconds": round(connected.seconds, 3),
         "per_connection_ms": distribution_ms(connected.durations),
         "server_cpu_s": round(probe.cpu() - cpu_before_connect, 3),
+        "redis": RedisStats.delta(redis_before_connect, redis_stats.sample()),
     }
     result["server_rss_kib"] = {
         "before_listeners": rss_idle,
@@ -678,16 +709,17 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
         await asyncio.sleep(0.5)
 
         server_cpu0, client_cpu0 = probe.cpu(), self_cpu_seconds()
-        redis_cpu0 = redis_cpu.seconds()
+        redis0 = redis_stats.sample()
         cores0, processes0 = core_jiffies(), process_cpu_table()
         wall0 = time.perf_counter()
         log = await publisher.run()
         expected = len(listeners) * len(log.accepted)
         drained = await drain(cfg, tally, expected)
+        log.cutoff = time.time()
         wall = time.perf_counter() - wall0
         server_cpu = probe.cpu() - server_cpu0
         client_cpu = self_cpu_seconds() - client_cpu0
-        redis_cpu1 = redis_cpu.seconds()
+        redis1 = redis_stats.sample()
         cores1, processes1 = core_jiffies(), process_cpu_table()
         rss_end, rss_peak = probe.rss_kib(), probe.peak_kib()
     finally:
@@ -718,17 +750,13 @@ async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
     result["cpu"] = {
         "window_s": round(wall, 3),
         "server_s": round(server_cpu, 3),
-        "server_util": round(server_cpu / wall / max(1, cfg.processes), 3),
+        "server_util": round(server_cpu / wall / server_cores(cfg), 3),
         "server_us_per_delivery": round(server_cpu / delivered * 1e6, 1) if delivered else None,
         "client_s": round(client_cpu, 3),
         "client_util": round(client_cpu / wall, 3),
         "client_us_per_delivery": round(client_cpu / delivered * 1e6, 1) if delivered else None,
-        "redis_s": (
-            round(redis_cpu1 - redis_cpu0, 3)
-            if redis_cpu0 is not None and redis_cpu1 is not None
-            else None
-        ),
     }
+    result["redis"] = RedisStats.delta(redis0, redis1)
     result["machine_during_window"] = {
         "core_busy": core_busy(cores0, cores1),
         "busiest_other_processes": other_processes(
@@ -793,7 +821,8 @@ def render(report: dict[str, Any]) -> str:
         ("listeners connected", f"{conn['connected']:,}/{conn['requested']:,} in "
                                 f"{conn['seconds']:.2f} s (failed {conn['failed']})"),
         ("  connect ms per socket", conn["per_connection_ms"]),
-        ("  connect failures", conn["failures"] or "-"),
+        ("  connect failures",
+         "; ".join(f"{n} x {why}" for why, n in conn["failures"].items()) or "-"),
         ("warm-up delivered", f"{res['warmup']['delivered']:,} (HTTP {res['warmup']['status']})"),
         ("messages published (200)", f"{pub['accepted_200']:,} of {pub['sent']:,} sent, "
                                      f"{pub['scheduled']:,} scheduled; {pub['seconds']:.2f} s"),
@@ -805,6 +834,7 @@ def render(report: dict[str, Any]) -> str:
         ("expected deliveries", res["expected"]),
         ("delivered", dlv["delivered"]),
         ("lost (not delivered by end)", dlv["lost"]),
+        ("  of them arrived after the drain", dlv["after_drain"]),
         ("duplicates / reordered", f"{dlv['duplicates']} / {dlv['reordered']}"),
         ("unexpected (non-200 ids)", dlv["unexpected"]),
         ("listeners dropped by server", res["dropped_listeners"] or "-"),
@@ -819,12 +849,13 @@ def render(report: dict[str, Any]) -> str:
         ("server CPU us / delivered msg", cpu["server_us_per_delivery"]),
         ("client CPU s (util of 1 core)", f"{cpu['client_s']:.2f} s ({cpu['client_util']:.0%})"),
         ("client CPU us / delivered msg", cpu["client_us_per_delivery"]),
-        ("redis CPU s", cpu["redis_s"]),
+        ("redis during window", res["redis"]),
         ("server RSS MiB idle/connected/end/peak",
          " / ".join(f"{rss[k] / 1024:.0f}" for k in ("before_listeners", "after_connect", "end",
                                                       "peak"))),
         ("server RSS KiB per listener", rss["per_listener"]),
         ("server connect CPU s", conn["server_cpu_s"]),
+        ("redis during connect", conn["redis"]),
         ("client parse ns (slice / json)", f"{report['parse_cost']['slice_parse_ns']} / "
                                            f"{report['parse_cost']['json_loads_ns']}"),
         ("core busy during window", res["machine_during_window"]["core_busy"]),

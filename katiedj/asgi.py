@@ -11,12 +11,23 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from katiedj.handlers import PublishASGIHandler  # noqa: E402
+from networks.urls import is_publish_path  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import listener_origin_validator  # noqa: E402
 
+publish_asgi_app = PublishASGIHandler()
+
+
+async def http_application(scope, receive, send):  # type: ignore[no-untyped-def]
+    """Publish requests take the lean handler; everything else the full Django stack."""
+    app = publish_asgi_app if is_publish_path(scope["path"]) else django_asgi_app
+    await app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": listener_origin_validator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -87,6 +87,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The publish endpoints authenticate by key and need none of the session machinery; they are
+# served by a handler with only these (see katiedj/handlers.py).
+PUBLISH_MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
+
 ROOT_URLCONF = "katiedj.urls"
 ASGI_APPLICATION = "katiedj.asgi.application"
 WSGI_APPLICATION = None

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
 
 from . import keys
+from .lookup_cache import lookup_cache
 from .models import ApiKey, Network
 
 # A miss is cached too, so a flood of bad keys or slugs does not reach the database.
@@ -57,6 +57,7 @@ def publisher_key_get(*, raw_key: str) -> PublisherKey | None:
         return None
     hashed = keys.hash_key(raw_key)
     cache_key = api_key_cache_key(hashed)
+    cache = lookup_cache()
     cached = cache.get(cache_key)
     if cached == _MISSING:
         return None
@@ -86,6 +87,7 @@ def publisher_key_get(*, raw_key: str) -> PublisherKey | None:
 def network_get_by_slug(*, slug: str) -> NetworkInfo | None:
     """The network with ``slug``, or None. No database query on a cache hit."""
     cache_key = network_cache_key(slug)
+    cache = lookup_cache()
     cached = cache.get(cache_key)
     if cached == _MISSING:
         return None

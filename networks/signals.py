@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
+from .lookup_cache import lookup_cache
 from .models import ApiKey, Network
 from .selectors import api_key_cache_key, network_cache_key
 
@@ -15,8 +15,8 @@ def _forget_after_commit(*cache_keys: str) -> None:
     # Now, so this process stops using the entry at once; and after commit, in case a reader
     # re-cached the old row in between.
     keys = list(cache_keys)
-    cache.delete_many(keys)
-    transaction.on_commit(lambda: cache.delete_many(keys))
+    lookup_cache().delete_many(keys)
+    transaction.on_commit(lambda: lookup_cache().delete_many(keys))
 
 
 @receiver(post_save, sender=ApiKey)

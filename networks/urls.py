@@ -1,3 +1,5 @@
+import re
+
 from django.urls import path, re_path
 
 from . import views
@@ -17,3 +19,11 @@ api_v1_urlpatterns = [
         name="network-messages",
     ),
 ]
+
+
+_PUBLISH_PATH = re.compile(r"^/(?:api/)?publish/?$|^/api/v1/networks/[^/]+/messages/?$")
+
+
+def is_publish_path(path: str) -> bool:
+    """True for the URLs served by the publish views (routed past the session middleware)."""
+    return _PUBLISH_PATH.match(path) is not None

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from django.core.cache import cache
 
 from accounts.models import Organization
+from networks.lookup_cache import lookup_cache
 from networks.models import ApiKey, Network
 from networks.sequence import reset_local_allocator
 from networks.services import api_key_create
@@ -17,10 +17,10 @@ from tests.factories import NetworkFactory, OrganizationFactory
 @pytest.fixture(autouse=True)
 def _fresh_publish_state():
     """Each test starts with an empty cache: cached rows of a rolled-back test would lie."""
-    cache.clear()
+    lookup_cache().clear()
     reset_local_allocator()
     yield
-    cache.clear()
+    lookup_cache().clear()
     reset_local_allocator()
 
 

@@ -150,7 +150,7 @@ def uvicorn_command(port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "katiedj.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
-        "--ws-max-size", "4096", "--no-access-log",
+        "--ws-max-size", "4096", "--ws-per-message-deflate", "false", "--no-access-log",
     ]  # fmt: skip
 
 
