@@ -11,17 +11,16 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from katiedj.handlers import PublishASGIHandler  # noqa: E402
-from networks.urls import is_publish_path  # noqa: E402
+from networks.ingest import PublishApp, route_publish  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import listener_origin_validator  # noqa: E402
 
-publish_asgi_app = PublishASGIHandler()
+publish_app = PublishApp()
 
 
 async def http_application(scope, receive, send):  # type: ignore[no-untyped-def]
-    """Publish requests take the lean handler; everything else the full Django stack."""
-    app = publish_asgi_app if is_publish_path(scope["path"]) else django_asgi_app
+    """Publish requests go to the lean publish app; everything else to Django."""
+    app = publish_app if route_publish(scope["path"]) else django_asgi_app
     await app(scope, receive, send)
 
 

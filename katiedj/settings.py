@@ -87,10 +87,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# The publish endpoints authenticate by key and need none of the session machinery; they are
-# served by a handler with only these (see katiedj/handlers.py).
-PUBLISH_MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
-
 ROOT_URLCONF = "katiedj.urls"
 ASGI_APPLICATION = "katiedj.asgi.application"
 WSGI_APPLICATION = None
@@ -175,11 +171,12 @@ CELERY_TIMEZONE = "UTC"
 
 # Largest accepted publish body, in bytes (HTTP 413 above it).
 PUBLISH_MAX_BYTES = env_int("PUBLISH_MAX_BYTES", 64 * 1024)
-# Room for the envelope around ``data`` so a body at the limit is still readable.
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(PUBLISH_MAX_BYTES * 2, 2_621_440)
 # How long a verified API key / network lookup is served from cache (seconds). Revocation
 # and edits delete the cached entry at once; the TTL only bounds staleness after a crash.
 PUBLISH_LOOKUP_CACHE_SECONDS = env_int("PUBLISH_LOOKUP_CACHE_SECONDS", 300)
+# Each process also keeps answers in memory this long (seconds): the longest a revoked key
+# can still publish through another process.
+PUBLISH_LOCAL_CACHE_SECONDS = float(os.environ.get("PUBLISH_LOCAL_CACHE_SECONDS", "") or 1.0)
 
 # The embedded demo: organization, the ``sample_net`` network and a publisher key.
 DEMO_API_KEY = os.environ.get("DEMO_API_KEY", "")

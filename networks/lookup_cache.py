@@ -1,18 +1,81 @@
-"""One cache handle for the whole process, for the publish and listen paths.
+"""Two-tier cache for the publish and listen paths: process memory, then the shared cache.
 
-``django.core.cache.cache`` is bound to the request context under ASGI: with Redis, every
-request would build a new client and open a new TCP connection (measured: most of the
-publish path's CPU). This handle, and its connection pool, live as long as the process.
+The process tier answers the common case without I/O or a thread hop, so async code can use
+it directly. Its entries live ``PUBLISH_LOCAL_CACHE_SECONDS`` (1 s by default): that bounds
+how long another process may keep using a revoked key. The process that makes a change drops
+its own entries at once (``forget``).
+
+The shared tier is one handle on the ``default`` cache for the process's life:
+``django.core.cache.cache`` is bound to the request context under ASGI, so with Redis every
+request would otherwise open a new connection (measured: most of the publish CPU).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.cache import BaseCache, caches
+
+# A miss is cached too, so a flood of bad keys or slugs does not reach the database.
+_MISSING = "missing"
+_MISS_TTL_SECONDS = 30
+_LOCAL_MAX_ENTRIES = 10_000
+
+_local: dict[str, tuple[float, Any]] = {}
 
 
 @cache
 def lookup_cache() -> BaseCache:
     """The process-wide instance of the ``default`` cache (thread-safe, pooled)."""
     return caches.create_connection("default")
+
+
+def _local_get(key: str) -> tuple[bool, Any]:
+    entry = _local.get(key)
+    if entry is None or entry[0] < time.monotonic():
+        return False, None
+    return True, entry[1]
+
+
+def cached_lookup(key: str, load: Callable[[], Any]) -> Any:
+    """The value under ``key`` (None for "does not exist"), loading it on a miss of both tiers."""
+    hit, value = _local_get(key)
+    if hit:
+        return value
+    shared = lookup_cache().get(key)
+    if shared is None:
+        value = load()
+        ttl = settings.PUBLISH_LOOKUP_CACHE_SECONDS if value is not None else _MISS_TTL_SECONDS
+        lookup_cache().set(key, _MISSING if value is None else value, ttl)
+    else:
+        value = None if shared == _MISSING else shared
+    if len(_local) >= _LOCAL_MAX_ENTRIES:
+        _local.clear()
+    _local[key] = (time.monotonic() + settings.PUBLISH_LOCAL_CACHE_SECONDS, value)
+    return value
+
+
+async def acached_lookup(key: str, load: Callable[[], Any]) -> Any:
+    """``cached_lookup`` for async code: no thread hop when the process tier has the answer."""
+    hit, value = _local_get(key)
+    if hit:
+        return value
+    return await sync_to_async(cached_lookup)(key, load)
+
+
+def forget(keys: list[str]) -> None:
+    """Drop entries from both tiers (other processes' memory tiers expire on their own)."""
+    for key in keys:
+        _local.pop(key, None)
+    lookup_cache().delete_many(keys)
+
+
+def clear() -> None:
+    """Empty both tiers (tests)."""
+    _local.clear()
+    lookup_cache().clear()

@@ -7,10 +7,14 @@ restart skips the unused rest of a block, so numbers stay increasing (gaps are a
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from functools import cache
 
 import redis
+import redis.asyncio
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -23,6 +27,20 @@ BLOCK_SIZE = 1000
 @cache
 def _redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
+
+
+# redis.asyncio clients are bound to the event loop that first used them.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_redis_client() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    return client
 
 
 def redis_sequence_key(network_id: int) -> str:
@@ -40,6 +58,15 @@ class _BlockAllocator:
             value = self._next.get(network_id, 0)
             if value == 0 or value > self._limit[network_id]:
                 value, self._limit[network_id] = self._reserve(network_id)
+            self._next[network_id] = value + 1
+            return value
+
+    def next_without_reserving(self, network_id: int) -> int | None:
+        """The next number if the current block has one; None when the database is needed."""
+        with self._lock:
+            value = self._next.get(network_id, 0)
+            if value == 0 or value > self._limit[network_id]:
+                return None
             self._next[network_id] = value + 1
             return value
 
@@ -66,6 +93,16 @@ def next_sequence(network_id: int) -> int:
     if settings.REDIS_URL:
         return int(_redis_client().incr(redis_sequence_key(network_id)))
     return _local_allocator.next(network_id)
+
+
+async def anext_sequence(network_id: int) -> int:
+    """``next_sequence`` for async code: no thread hop except to reserve a new block."""
+    if settings.REDIS_URL:
+        return int(await _async_redis_client().incr(redis_sequence_key(network_id)))
+    value = _local_allocator.next_without_reserving(network_id)
+    if value is None:
+        value = await sync_to_async(_local_allocator.next)(network_id)
+    return value
 
 
 def reset_local_allocator() -> None:

@@ -6,7 +6,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
-from .lookup_cache import lookup_cache
+from .lookup_cache import forget
 from .models import ApiKey, Network
 from .selectors import api_key_cache_key, network_cache_key
 
@@ -15,8 +15,8 @@ def _forget_after_commit(*cache_keys: str) -> None:
     # Now, so this process stops using the entry at once; and after commit, in case a reader
     # re-cached the old row in between.
     keys = list(cache_keys)
-    lookup_cache().delete_many(keys)
-    transaction.on_commit(lambda: lookup_cache().delete_many(keys))
+    forget(keys)
+    transaction.on_commit(lambda: forget(keys))
 
 
 @receiver(post_save, sender=ApiKey)

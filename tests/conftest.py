@@ -7,21 +7,28 @@ from dataclasses import dataclass
 import pytest
 
 from accounts.models import Organization
-from networks.lookup_cache import lookup_cache
+from networks import lookup_cache
 from networks.models import ApiKey, Network
 from networks.sequence import reset_local_allocator
 from networks.services import api_key_create
+from tests.asgi_client import AsgiTestClient
 from tests.factories import NetworkFactory, OrganizationFactory
 
 
 @pytest.fixture(autouse=True)
 def _fresh_publish_state():
     """Each test starts with an empty cache: cached rows of a rolled-back test would lie."""
-    lookup_cache().clear()
+    lookup_cache.clear()
     reset_local_allocator()
     yield
-    lookup_cache().clear()
+    lookup_cache.clear()
     reset_local_allocator()
+
+
+@pytest.fixture
+def publisher() -> AsgiTestClient:
+    """An HTTP client of the real ASGI app, for the publish endpoints (not Django views)."""
+    return AsgiTestClient()
 
 
 @dataclass

@@ -26,7 +26,7 @@ def publish(client, key, slug):
     )
 
 
-def test_creating_a_key_in_the_admin_shows_the_secret_once(admin_client, org, network):
+def test_creating_a_key_in_the_admin_shows_the_secret_once(admin_client, publisher, org, network):
     response = admin_client.post(
         "/admin/networks/apikey/add/",
         {"organization": org.pk, "name": "from admin", "networks": [network.pk]},
@@ -37,7 +37,7 @@ def test_creating_a_key_in_the_admin_shows_the_secret_once(admin_client, org, ne
     secret = next(word for notice in notices for word in notice.split() if word.startswith("kdj_"))
     api_key = ApiKey.objects.get(name="from admin")
     assert api_key.hashed_secret != secret and secret.startswith(api_key.prefix)
-    assert publish(admin_client, secret, network.slug).status_code == 200
+    assert publish(publisher, secret, network.slug).status_code == 200
     # The change page never shows it again.
     page = admin_client.get(f"/admin/networks/apikey/{api_key.pk}/change/")
     assert secret not in page.content.decode()
@@ -53,16 +53,16 @@ def test_the_admin_refuses_a_key_for_another_tenants_network(admin_client, org, 
     assert not ApiKey.objects.filter(name="sneaky").exists()
 
 
-def test_the_revoke_action_stops_publishing(admin_client, org, network):
+def test_the_revoke_action_stops_publishing(admin_client, publisher, org, network):
     api_key, secret = api_key_create(organization=org, name="doomed", networks=[network])
-    assert publish(admin_client, secret, network.slug).status_code == 200
+    assert publish(publisher, secret, network.slug).status_code == 200
     admin_client.post(
         "/admin/networks/apikey/",
         {"action": "revoke_selected", "_selected_action": [api_key.pk]},
     )
     api_key.refresh_from_db()
     assert api_key.revoked_at is not None
-    assert publish(admin_client, secret, network.slug).status_code == 400
+    assert publish(publisher, secret, network.slug).status_code == 400
 
 
 def test_network_admin_lists_and_edits(admin_client, network):

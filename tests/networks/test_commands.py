@@ -15,7 +15,7 @@ def run(*args):
 
 
 @pytest.mark.django_db
-def test_create_network_then_key_then_revoke(client):
+def test_create_network_then_key_then_revoke():
     run("create_network", "river-levels", "--org", "hydro", "--name", "River levels")
     network = Network.objects.get(slug="river-levels")
     assert network.organization.slug == "hydro"
@@ -63,14 +63,14 @@ def test_bootstrap_demo_is_idempotent_and_keeps_its_key(tmp_path, settings):
 
 
 @pytest.mark.django_db
-def test_bootstrap_demo_honours_demo_api_key(tmp_path, settings, client):
+def test_bootstrap_demo_honours_demo_api_key(tmp_path, settings, publisher):
     settings.VAR_DIR = tmp_path
     settings.DEMO_API_KEY = "any string at all"
     out, _ = run("bootstrap_demo")
     assert "any string at all" in out
     assert not (tmp_path / "demo_api_key").exists()
     body = '{"network": "sample_net", "data": {"state": {"0": 3.0}}}'
-    response = client.post(
+    response = publisher.post(
         "/api/publish",
         data=body,
         content_type="application/json",
