@@ -217,7 +217,7 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_production_stack(tmp: Path, processes: int = 2) -> Stack:
+def start_production_stack(tmp: Path, processes: int = 2, redis_url: str = E2E_REDIS_URL) -> Stack:
     """PostgreSQL + Redis channel layer, ``processes`` uvicorn servers sharing them."""
     database = postgres_database()
     database_url = database.__enter__()
@@ -225,7 +225,7 @@ def start_production_stack(tmp: Path, processes: int = 2) -> Stack:
     env.update(
         {
             "DATABASE_URL": database_url,
-            "REDIS_URL": E2E_REDIS_URL,
+            "REDIS_URL": redis_url,
             "REDIS_KEY_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
             "DEMO_API_KEY": DEMO_KEY,
             "KATIEDJ_VAR_DIR": str(tmp),
@@ -246,3 +246,41 @@ def start_production_stack(tmp: Path, processes: int = 2) -> Stack:
         stack.stop()
         raise
     return stack
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server process, to test what happens when Redis goes away."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(redis.RedisError),
+                redis.Redis(port=self.port, socket_connect_timeout=0.5) as client,
+            ):
+                if client.ping():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
