@@ -9,8 +9,8 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts.services import organization_get_or_create
+from accounts.tokens import hash_secret
 
-from . import keys
 from .models import ApiKey, Network
 from .services import api_key_create
 
@@ -49,7 +49,7 @@ def demo_bootstrap(*, key_file: Path, demo_key: str = "") -> DemoSetup:
     )
     raw_key = demo_key or (key_file.read_text().strip() if key_file.exists() else "")
     existing = (
-        ApiKey.objects.filter(hashed_secret=keys.hash_key(raw_key)).first() if raw_key else None
+        ApiKey.objects.filter(hashed_secret=hash_secret(raw_key)).first() if raw_key else None
     )
     key_created = False
     if existing is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import keys
+from accounts.tokens import PUBLISHER_KEY, hash_secret
+
 from .lookup_cache import acached_lookup, cached_lookup
 from .models import ApiKey, Network
 
@@ -81,17 +82,17 @@ def _load_network(slug: str) -> NetworkInfo | None:
 
 def publisher_key_get(*, raw_key: str) -> PublisherKey | None:
     """The active key matching ``raw_key``, or None. No database query on a cache hit."""
-    if not keys.is_well_formed(raw_key):
-        return None
-    hashed = keys.hash_key(raw_key)
+    if PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key):
+        return None  # a typo or a forgery: no lookup
+    hashed = hash_secret(raw_key)
     return cached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
 
 
 async def apublisher_key_get(*, raw_key: str) -> PublisherKey | None:
     """``publisher_key_get`` for async code; no I/O when this process has the answer."""
-    if not keys.is_well_formed(raw_key):
-        return None
-    hashed = keys.hash_key(raw_key)
+    if PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key):
+        return None  # a typo or a forgery: no lookup
+    hashed = hash_secret(raw_key)
     return await acached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
 
 

@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Organization
+from accounts.tokens import PUBLISHER_KEY, hash_secret
 
-from . import keys
 from .models import ApiKey, Network
 from .selectors import NetworkInfo, anetwork_get_by_slug, apublisher_key_get
 from .sequence import anext_sequence, next_sequence
@@ -62,16 +62,16 @@ def api_key_create(
     if foreign:
         raise ValueError(f"Networks not owned by {organization.slug}: {', '.join(foreign)}")
     if raw_key is None:
-        raw_key = keys.generate_key()
-    elif not raw_key or not keys.is_well_formed(raw_key):
+        raw_key = PUBLISHER_KEY.generate()
+    elif not raw_key or (PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key)):
         raise ValueError(
             "An imported key must be a non-empty string (and well formed if it starts with kdj_)."
         )
     api_key = ApiKey.objects.create(
         organization=organization,
         name=name,
-        prefix=keys.display_prefix(raw_key),
-        hashed_secret=keys.hash_key(raw_key),
+        prefix=PUBLISHER_KEY.display_prefix(raw_key),
+        hashed_secret=hash_secret(raw_key),
     )
     api_key.networks.set(networks)
     return api_key, raw_key
