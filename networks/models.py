@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from django.core.validators import RegexValidator
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import timezone
 
 from accounts.models import Organization
 
@@ -25,6 +27,25 @@ class Network(models.Model):
     is_public = models.BooleanField(
         default=True, help_text="Public networks are open to every listener; others are paid."
     )
+    max_message_bytes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(64)],
+        help_text="Largest publish body in bytes; empty: the platform limit (PUBLISH_MAX_BYTES).",
+    )
+    history_max_messages = models.PositiveIntegerField(
+        default=1000,
+        validators=[MaxValueValidator(100_000)],
+        help_text="How many recent messages are kept for listeners who resume.",
+    )
+    history_max_age_seconds = models.PositiveIntegerField(
+        default=24 * 3600,
+        validators=[MaxValueValidator(30 * 24 * 3600)],
+        help_text="How long recent messages are kept for listeners who resume.",
+    )
+    archived_at = models.DateTimeField(
+        null=True, blank=True, help_text="Archived networks refuse publishes and listeners."
+    )
     # Upper bound of the sequence numbers handed out by the embedded (no Redis) allocator,
     # which reserves them in blocks so the publish path does not write per message.
     seq_reserved = models.BigIntegerField(default=0, editable=False)
@@ -36,6 +57,19 @@ class Network(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    @property
+    def is_archived(self) -> bool:
+        return self.archived_at is not None
+
+
+class KeyScope(models.TextChoices):
+    PUBLISH = "publish", "Publish messages"
+    READ_HISTORY = "read_history", "Read message history"
+
+
+def default_key_scopes() -> list[str]:
+    return [KeyScope.PUBLISH]
 
 
 class ApiKey(models.Model):
@@ -51,8 +85,18 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     hashed_secret = models.CharField(max_length=64, unique=True, editable=False)
     networks = models.ManyToManyField(Network, related_name="api_keys", blank=True)
+    scopes = models.JSONField(default=default_key_scopes)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Written from the usage buffer by a periodic task, never on the publish path.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -63,4 +107,6 @@ class ApiKey(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()

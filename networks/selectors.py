@@ -7,12 +7,15 @@ included): at once in the process that made the change, within
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+from django.db.models import QuerySet
 
 from accounts.tokens import PUBLISHER_KEY, hash_secret
 
 from .lookup_cache import acached_lookup, cached_lookup
-from .models import ApiKey, Network
+from .models import ApiKey, KeyScope, Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +24,8 @@ class NetworkInfo:
     slug: str
     organization_id: int
     is_public: bool
+    archived: bool = False
+    max_message_bytes: int | None = None
 
     @property
     def group_name(self) -> str:
@@ -34,9 +39,18 @@ class PublisherKey:
     organization_id: int
     prefix: str
     network_ids: frozenset[int]
+    scopes: frozenset[str] = frozenset({KeyScope.PUBLISH})
+    expires_at: float | None = None  # epoch seconds
+
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= time.time()
 
     def may_publish_to(self, network: NetworkInfo) -> bool:
-        return network.organization_id == self.organization_id and network.id in self.network_ids
+        return (
+            KeyScope.PUBLISH in self.scopes
+            and network.organization_id == self.organization_id
+            and network.id in self.network_ids
+        )
 
 
 def api_key_cache_key(hashed_secret: str) -> str:
@@ -50,7 +64,7 @@ def network_cache_key(slug: str) -> str:
 def _load_publisher_key(hashed: str) -> PublisherKey | None:
     api_key = (
         ApiKey.objects.filter(hashed_secret=hashed, revoked_at__isnull=True)
-        .only("id", "organization_id", "prefix")
+        .only("id", "organization_id", "prefix", "scopes", "expires_at")
         .first()
     )
     if api_key is None:
@@ -64,12 +78,13 @@ def _load_publisher_key(hashed: str) -> PublisherKey | None:
         organization_id=api_key.organization_id,
         prefix=api_key.prefix,
         network_ids=frozenset(network_ids),
+        scopes=frozenset(api_key.scopes),
+        expires_at=api_key.expires_at.timestamp() if api_key.expires_at else None,
     )
 
 
 def _load_network(slug: str) -> NetworkInfo | None:
-    row = Network.objects.filter(slug=slug).only("id", "slug", "organization_id", "is_public")
-    network = row.first()
+    network = Network.objects.filter(slug=slug).first()
     if network is None:
         return None
     return NetworkInfo(
@@ -77,15 +92,18 @@ def _load_network(slug: str) -> NetworkInfo | None:
         slug=network.slug,
         organization_id=network.organization_id,
         is_public=network.is_public,
+        archived=network.is_archived,
+        max_message_bytes=network.max_message_bytes,
     )
 
 
 def publisher_key_get(*, raw_key: str) -> PublisherKey | None:
-    """The active key matching ``raw_key``, or None. No database query on a cache hit."""
+    """The active, unexpired key matching ``raw_key``, or None. No query on a cache hit."""
     if PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key):
         return None  # a typo or a forgery: no lookup
     hashed = hash_secret(raw_key)
-    return cached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
+    key = cached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
+    return None if key is None or key.is_expired() else key
 
 
 async def apublisher_key_get(*, raw_key: str) -> PublisherKey | None:
@@ -93,7 +111,8 @@ async def apublisher_key_get(*, raw_key: str) -> PublisherKey | None:
     if PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key):
         return None  # a typo or a forgery: no lookup
     hashed = hash_secret(raw_key)
-    return await acached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
+    key = await acached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
+    return None if key is None or key.is_expired() else key
 
 
 def network_get_by_slug(*, slug: str) -> NetworkInfo | None:
@@ -104,3 +123,24 @@ def network_get_by_slug(*, slug: str) -> NetworkInfo | None:
 async def anetwork_get_by_slug(*, slug: str) -> NetworkInfo | None:
     """``network_get_by_slug`` for async code; no I/O when this process has the answer."""
     return await acached_lookup(network_cache_key(slug), lambda: _load_network(slug))
+
+
+# --- Tenant-checked reads for the management API and dashboard ---------------------------
+
+
+def networks_of(*, organization_id: int) -> QuerySet[Network]:
+    return Network.objects.filter(organization_id=organization_id)
+
+
+def network_get_for_org(*, organization_id: int, slug: str) -> Network:
+    """The organization's network ``slug``; Network.DoesNotExist otherwise (also if foreign)."""
+    return Network.objects.get(organization_id=organization_id, slug=slug)
+
+
+def api_keys_of(*, organization_id: int) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(organization_id=organization_id).prefetch_related("networks")
+
+
+def api_key_get_for_org(*, organization_id: int, key_id: int) -> ApiKey:
+    """The organization's key ``key_id``; ApiKey.DoesNotExist otherwise (also if foreign)."""
+    return api_keys_of(organization_id=organization_id).get(pk=key_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -14,10 +14,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.models import Organization, User
 from accounts.tokens import PUBLISHER_KEY, hash_secret
 
-from .models import ApiKey, Network
+from .models import ApiKey, KeyScope, Network
 from .selectors import NetworkInfo, anetwork_get_by_slug, apublisher_key_get
 from .sequence import anext_sequence, next_sequence
 
@@ -45,6 +45,53 @@ def network_create(
     return network
 
 
+NETWORK_EDITABLE_FIELDS = (
+    "name",
+    "description",
+    "is_public",
+    "max_message_bytes",
+    "history_max_messages",
+    "history_max_age_seconds",
+)
+
+
+def network_update(*, network: Network, **changes: Any) -> Network:
+    """Update editable fields (the slug is permanent: listeners and generators use it)."""
+    unknown = set(changes) - set(NETWORK_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not editable: {', '.join(sorted(unknown))}")
+    for field, value in changes.items():
+        setattr(network, field, value)
+    network.full_clean()
+    network.save()
+    return network
+
+
+def network_archive(*, network: Network) -> Network:
+    """Archive: publishes get 409 and every listener is closed (code 4410) on every process."""
+    if network.archived_at is None:
+        network.archived_at = timezone.now()
+        network.save(update_fields=["archived_at", "updated_at"])
+        group = f"network.{network.pk}"
+        transaction.on_commit(
+            lambda: async_to_sync(get_channel_layer().group_send)(
+                group, {"type": "network.archived"}
+            )
+        )
+    return network
+
+
+def network_unarchive(*, network: Network) -> Network:
+    if network.archived_at is not None:
+        network.archived_at = None
+        network.save(update_fields=["archived_at", "updated_at"])
+    return network
+
+
+# How long a rotated key keeps working, so generators can be redeployed with the new one.
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -52,6 +99,9 @@ def api_key_create(
     name: str,
     networks: list[Network],
     raw_key: str | None = None,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+    created_by: User | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key scoped to ``networks`` of ``organization``; return it and its secret.
 
@@ -67,14 +117,42 @@ def api_key_create(
         raise ValueError(
             "An imported key must be a non-empty string (and well formed if it starts with kdj_)."
         )
+    scopes = list(dict.fromkeys(scopes or [KeyScope.PUBLISH]))
+    if not scopes or any(scope not in KeyScope.values for scope in scopes):
+        raise ValueError(f"Scopes must be among: {', '.join(KeyScope.values)}")
     api_key = ApiKey.objects.create(
         organization=organization,
         name=name,
         prefix=PUBLISHER_KEY.display_prefix(raw_key),
         hashed_secret=hash_secret(raw_key),
+        scopes=scopes,
+        expires_at=expires_at,
+        created_by=created_by,
     )
     api_key.networks.set(networks)
     return api_key, raw_key
+
+
+@transaction.atomic
+def api_key_rotate(
+    *, api_key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE, created_by: User | None = None
+) -> tuple[ApiKey, str]:
+    """A new key with the same name, networks and scopes; the old one expires after ``grace``."""
+    if not api_key.is_active:
+        raise ValueError("Only an active key can be rotated.")
+    new_key, secret = api_key_create(
+        organization=api_key.organization,
+        name=api_key.name,
+        networks=list(api_key.networks.all()),
+        scopes=list(api_key.scopes),
+        expires_at=api_key.expires_at,
+        created_by=created_by,
+    )
+    grace_end = timezone.now() + grace
+    api_key.expires_at = min(api_key.expires_at or grace_end, grace_end)
+    api_key.replaced_by = new_key
+    api_key.save(update_fields=["expires_at", "replaced_by"])
+    return new_key, secret
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
@@ -104,6 +182,7 @@ ERR_KEY_INVALID = PublishError("api_key_invalid", "API-KEY not valid", 400)
 ERR_NOT_JSON = PublishError("invalid_json", "POST data is not JSON", 400)
 ERR_NETWORK_MISSING = PublishError("network_missing", "*network* key missing", 400)
 ERR_FORBIDDEN = PublishError("network_forbidden", "You cannot broadcast to this channel", 403)
+ERR_ARCHIVED = PublishError("network_archived", "This network is archived", 409)
 ERR_DATA_MISSING = PublishError("data_missing", "*data* key missing", 400)
 ERR_DATA_NOT_OBJECT = PublishError("data_not_object", "Can only broadcast json data", 400)
 
@@ -174,6 +253,10 @@ async def publish_request(
     # The same answer whether the network exists or belongs to someone else: no enumeration.
     if network is None or not publisher.may_publish_to(network):
         raise ERR_FORBIDDEN
+    if network.archived:
+        raise ERR_ARCHIVED
+    if network.max_message_bytes is not None and len(body) > network.max_message_bytes:
+        raise _payload_too_large(network.max_message_bytes)
     if "data" not in payload:
         raise ERR_DATA_MISSING
     return await amessage_publish(network=network, data=payload["data"])

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 # Documented close codes (docs/streaming.md).
 CLOSE_POLICY_VIOLATION = 1008  # the listener talked too much
+CLOSE_NETWORK_ARCHIVED = 4410  # the provider archived the network
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
@@ -29,7 +30,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
         network = await sync_to_async(network_get_by_slug)(slug=slug)
-        if network is None or not network.is_public:
+        if network is None or network.archived or not network.is_public:
             # Closing before accept makes the server answer the handshake with HTTP 403.
             # Paid networks are refused until entitlement checks exist.
             await self.close()
@@ -62,3 +63,6 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
 
     async def network_message(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["frame"])
+
+    async def network_archived(self, event: dict[str, Any]) -> None:
+        await self.close(code=CLOSE_NETWORK_ARCHIVED)
