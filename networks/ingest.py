@@ -148,7 +148,10 @@ class PublishApp:
         if not route.rest:
             await _send_json(send, error.status, {"error": error.message})
             return
-        status, headers = error.status, []
+        status, headers, payload = error.status, [], {"error": error.message, "code": error.code}
         if error.code in ("api_key_missing", "api_key_invalid"):
             status, headers = 401, [(b"www-authenticate", b'Bearer realm="publish"')]
-        await _send_json(send, status, {"error": error.message, "code": error.code}, headers)
+        elif error.code == "network_forbidden":
+            # REST convention: another tenant's network is indistinguishable from none.
+            status, payload = 404, {"error": "Network not found", "code": "network_not_found"}
+        await _send_json(send, status, payload, headers)

@@ -16,6 +16,12 @@ from tests.factories import NetworkFactory, OrganizationFactory
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Real hashers cost ~100 ms per user on purpose; tests make many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _fresh_publish_state():
     """Each test starts with an empty cache: cached rows of a rolled-back test would lie."""
     lookup_cache.clear()

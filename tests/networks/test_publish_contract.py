@@ -188,7 +188,7 @@ class TestRestPublish:
         headers = {"Authorization": f"Bearer {api_key.secret}"}
         foreign = post_v1(publisher, other_network.slug, {"data": {}}, headers)
         missing = post_v1(publisher, "does-not-exist", {"data": {}}, headers)
-        assert foreign.status_code == missing.status_code == 403
+        assert foreign.status_code == missing.status_code == 404
         assert foreign.json() == missing.json()
 
     def test_oversized_payload_is_413(self, publisher, api_key, network):

@@ -1,0 +1,60 @@
+"""``/api/v1/``: the management REST API (publishing is served by ``networks.ingest``)."""
+
+from django.urls import path
+
+from accounts import api as accounts_api
+from networks import api as networks_api
+
+urlpatterns = [
+    path("orgs/", accounts_api.OrganizationListView.as_view(), name="org-list"),
+    path("orgs/<slug:org>/", accounts_api.OrganizationDetailView.as_view(), name="org-detail"),
+    path("orgs/<slug:org>/members/", accounts_api.MemberListView.as_view(), name="member-list"),
+    path(
+        "orgs/<slug:org>/members/<int:member_id>/",
+        accounts_api.MemberDetailView.as_view(),
+        name="member-detail",
+    ),
+    path(
+        "orgs/<slug:org>/invitations/",
+        accounts_api.InvitationListView.as_view(),
+        name="invitation-list",
+    ),
+    path(
+        "orgs/<slug:org>/invitations/<int:invitation_id>/",
+        accounts_api.InvitationDetailView.as_view(),
+        name="invitation-detail",
+    ),
+    path(
+        "invitations/accept/",
+        accounts_api.InvitationAcceptView.as_view(),
+        name="invitation-accept",
+    ),
+    path("orgs/<slug:org>/networks/", networks_api.NetworkListView.as_view(), name="network-list"),
+    path(
+        "orgs/<slug:org>/networks/<str:slug>/",
+        networks_api.NetworkDetailView.as_view(),
+        name="network-detail",
+    ),
+    path(
+        "orgs/<slug:org>/networks/<str:slug>/archive/",
+        networks_api.NetworkArchiveView.as_view(),
+        name="network-archive",
+    ),
+    path("orgs/<slug:org>/keys/", networks_api.ApiKeyListView.as_view(), name="key-list"),
+    path(
+        "orgs/<slug:org>/keys/<int:key_id>/",
+        networks_api.ApiKeyDetailView.as_view(),
+        name="key-detail",
+    ),
+    path(
+        "orgs/<slug:org>/keys/<int:key_id>/rotate/",
+        networks_api.ApiKeyRotateView.as_view(),
+        name="key-rotate",
+    ),
+    path("me/tokens/", accounts_api.PersonalTokenListView.as_view(), name="token-list"),
+    path(
+        "me/tokens/<int:token_id>/",
+        accounts_api.PersonalTokenDetailView.as_view(),
+        name="token-detail",
+    ),
+]
