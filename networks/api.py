@@ -55,7 +55,8 @@ class NetworkSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["archived_at", "created_at", "updated_at"]
-        extra_kwargs = {"slug": {"validators": []}}  # uniqueness is checked by the service
+        # Uniqueness is checked by the service; the name defaults to the slug.
+        extra_kwargs = {"slug": {"validators": []}, "name": {"required": False}}
 
     def validate_max_message_bytes(self, value: int | None) -> int | None:
         if value is not None and value > settings.PUBLISH_MAX_BYTES:

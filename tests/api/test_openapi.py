@@ -1,0 +1,77 @@
+"""The OpenAPI schema is valid, and every operation it lists answers as documented."""
+
+from __future__ import annotations
+
+import pytest
+from openapi_spec_validator import validate
+from rest_framework.test import APIClient
+
+from accounts.models import Membership, Role
+from accounts.services import invitation_create, personal_token_create
+
+pytestmark = pytest.mark.django_db
+
+ORDER = {"get": 0, "post": 1, "patch": 2, "put": 3, "delete": 4}
+
+BODIES = {
+    ("/api/v1/orgs/", "post"): {"name": "Second Org"},
+    ("/api/v1/orgs/{org}/", "patch"): {"name": "Acme Renamed"},
+    ("/api/v1/orgs/{org}/members/{member_id}/", "patch"): {"role": "admin"},
+    ("/api/v1/orgs/{org}/invitations/", "post"): {"email": "joiner@example.com"},
+    ("/api/v1/orgs/{org}/networks/", "post"): {"slug": "second-net"},
+    ("/api/v1/orgs/{org}/networks/{slug}/", "patch"): {"description": "Live data"},
+    ("/api/v1/orgs/{org}/keys/", "post"): {"name": "k", "networks": ["acme-live"]},
+    ("/api/v1/orgs/{org}/keys/{key_id}/rotate/", "post"): {"grace_seconds": 60},
+    ("/api/v1/me/tokens/", "post"): {"name": "script"},
+}
+
+
+def load_schema() -> dict:
+    response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_the_schema_is_valid_openapi_3(db):
+    schema = load_schema()
+    validate(schema)
+    assert schema["openapi"].startswith("3.")
+    assert "personalToken" in schema["components"]["securitySchemes"]
+
+
+def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
+    owner = as_user(acme.owner)
+    member_id = Membership.objects.get(organization=acme.organization, user=acme.member).pk
+    actor = Membership.objects.get(organization=acme.organization, user=acme.owner)
+    pending, _ = invitation_create(actor=actor, email="later@example.com", role=Role.MEMBER)
+    globex_owner = Membership.objects.get(organization=globex.organization, user=globex.owner)
+    _, accept_token = invitation_create(
+        actor=globex_owner, email=acme.owner.email, role=Role.MEMBER
+    )
+    token, _ = personal_token_create(user=acme.owner, name="old")
+    params = {
+        "org": "acme",
+        "slug": "acme-live",
+        "key_id": acme.api_key.pk,
+        "member_id": member_id,
+        "invitation_id": pending.pk,
+        "token_id": token.pk,
+    }
+    bodies = {**BODIES, ("/api/v1/invitations/accept/", "post"): {"token": accept_token}}
+
+    operations = [
+        (path, method)
+        for path, item in load_schema()["paths"].items()
+        for method in item
+        if method in ORDER
+    ]
+    assert len(operations) >= 20
+    for path, method in sorted(operations, key=lambda op: (ORDER[op[1]], op[0])):
+        url = path.format(**params)
+        response = getattr(owner, method)(url, data=bodies.get((path, method)), format="json")
+        assert 200 <= response.status_code < 300, (
+            method,
+            path,
+            response.status_code,
+            response.content,
+        )
