@@ -168,6 +168,12 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Periodic work; Celery beat runs it in production, `manage.py serve` in the embedded mode.
+CELERY_BEAT_SCHEDULE = {
+    "rollup-usage": {"task": "networks.tasks.rollup_usage", "schedule": 60.0},
+    "flush-key-last-used": {"task": "networks.tasks.flush_key_last_used", "schedule": 30.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Publishing ------------------------------------------------------------------------
 
@@ -179,6 +185,10 @@ PUBLISH_LOOKUP_CACHE_SECONDS = env_int("PUBLISH_LOOKUP_CACHE_SECONDS", 300)
 # Each process also keeps answers in memory this long (seconds): the longest a revoked key
 # can still publish through another process.
 PUBLISH_LOCAL_CACHE_SECONDS = float(os.environ.get("PUBLISH_LOCAL_CACHE_SECONDS", "") or 1.0)
+
+# Default per-key publish rate limit (messages per second, bursts of twice that); keys can
+# override it. Answered with 429 and Retry-After.
+PUBLISH_RATE_PER_SECOND = env_int("PUBLISH_RATE_PER_SECOND", 50)
 
 # The embedded demo: organization, the ``sample_net`` network and a publisher key.
 DEMO_API_KEY = os.environ.get("DEMO_API_KEY", "")

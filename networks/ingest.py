@@ -21,7 +21,8 @@ from typing import Any
 
 import redis
 
-from .services import PayloadTooLarge, PublishError, publish_request
+from .accounting import retry_after_header
+from .services import PayloadTooLarge, PublishError, RateLimitedError, publish_request
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,13 @@ class PublishApp:
 
     @staticmethod
     async def _send_error(send: Any, route: PublishRoute, error: PublishError) -> None:
+        headers: list[tuple[bytes, bytes]] = []
+        if isinstance(error, RateLimitedError):
+            headers.append((b"retry-after", retry_after_header(error.retry_after).encode()))
         if not route.rest:
-            await _send_json(send, error.status, {"error": error.message})
+            await _send_json(send, error.status, {"error": error.message}, headers)
             return
-        status, headers, payload = error.status, [], {"error": error.message, "code": error.code}
+        status, payload = error.status, {"error": error.message, "code": error.code}
         if error.code in ("api_key_missing", "api_key_invalid"):
             status, headers = 401, [(b"www-authenticate", b'Bearer realm="publish"')]
         elif error.code == "network_forbidden":

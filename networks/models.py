@@ -97,6 +97,12 @@ class ApiKey(models.Model):
     replaced_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
     )
+    rate_limit_per_second = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+        help_text="Sustained publishes per second (bursts of twice that); empty: the default.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -110,3 +116,22 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class UsageHour(models.Model):
+    """Messages and bytes published to one network in one hour (rolled up from Redis)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="usage")
+    hour = models.DateTimeField(help_text="Start of the hour, UTC.")
+    messages = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-hour"]
+        constraints = [
+            models.UniqueConstraint(fields=["network", "hour"], name="unique_usage_hour")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.network} {self.hour:%Y-%m-%d %H}:00 {self.messages} msgs"

@@ -41,6 +41,7 @@ class PublisherKey:
     network_ids: frozenset[int]
     scopes: frozenset[str] = frozenset({KeyScope.PUBLISH})
     expires_at: float | None = None  # epoch seconds
+    rate_per_second: int | None = None  # None: settings.PUBLISH_RATE_PER_SECOND
 
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= time.time()
@@ -64,7 +65,7 @@ def network_cache_key(slug: str) -> str:
 def _load_publisher_key(hashed: str) -> PublisherKey | None:
     api_key = (
         ApiKey.objects.filter(hashed_secret=hashed, revoked_at__isnull=True)
-        .only("id", "organization_id", "prefix", "scopes", "expires_at")
+        .only("id", "organization_id", "prefix", "scopes", "expires_at", "rate_limit_per_second")
         .first()
     )
     if api_key is None:
@@ -80,6 +81,7 @@ def _load_publisher_key(hashed: str) -> PublisherKey | None:
         network_ids=frozenset(network_ids),
         scopes=frozenset(api_key.scopes),
         expires_at=api_key.expires_at.timestamp() if api_key.expires_at else None,
+        rate_per_second=api_key.rate_limit_per_second,
     )
 
 

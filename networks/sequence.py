@@ -1,6 +1,7 @@
 """Per-network sequence numbers: monotonically increasing, no database write per message.
 
-With Redis (``REDIS_URL``) one ``INCR`` serves every server process. In the embedded mode a
+With Redis (``REDIS_URL``) one ``INCR`` serves every server process (inside the publish
+accounting script, ``networks.accounting``). In the embedded mode a
 single process hands numbers out of blocks reserved in the database, one write per block; a
 restart skips the unused rest of a block, so numbers stay increasing (gaps are allowed).
 """
@@ -14,7 +15,6 @@ from functools import cache
 
 import redis
 import redis.asyncio
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -93,16 +93,6 @@ def next_sequence(network_id: int) -> int:
     if settings.REDIS_URL:
         return int(_redis_client().incr(redis_sequence_key(network_id)))
     return _local_allocator.next(network_id)
-
-
-async def anext_sequence(network_id: int) -> int:
-    """``next_sequence`` for async code: no thread hop except to reserve a new block."""
-    if settings.REDIS_URL:
-        return int(await _async_redis_client().incr(redis_sequence_key(network_id)))
-    value = _local_allocator.next_without_reserving(network_id)
-    if value is None:
-        value = await sync_to_async(_local_allocator.next)(network_id)
-    return value
 
 
 def reset_local_allocator() -> None:

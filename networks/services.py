@@ -17,9 +17,9 @@ from django.utils import timezone
 from accounts.models import Organization, User
 from accounts.tokens import PUBLISHER_KEY, hash_secret
 
+from .accounting import RateLimited, aadmit_publish, admit_publish
 from .models import ApiKey, KeyScope, Network
-from .selectors import NetworkInfo, anetwork_get_by_slug, apublisher_key_get
-from .sequence import anext_sequence, next_sequence
+from .selectors import NetworkInfo, PublisherKey, anetwork_get_by_slug, apublisher_key_get
 
 # --- Networks and keys ------------------------------------------------------------------
 
@@ -187,6 +187,18 @@ ERR_DATA_MISSING = PublishError("data_missing", "*data* key missing", 400)
 ERR_DATA_NOT_OBJECT = PublishError("data_not_object", "Can only broadcast json data", 400)
 
 
+class RateLimitedError(PublishError):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            "rate_limited", "Too many messages: slow down and retry after a moment", 429
+        )
+        self.retry_after = retry_after
+
+
+def _rate_limited(retry_after: float) -> RateLimitedError:
+    return RateLimitedError(retry_after)
+
+
 def _payload_too_large(limit: int) -> PublishError:
     return PublishError("payload_too_large", f"Payload too large: the limit is {limit} bytes", 413)
 
@@ -259,7 +271,9 @@ async def publish_request(
         raise _payload_too_large(network.max_message_bytes)
     if "data" not in payload:
         raise ERR_DATA_MISSING
-    return await amessage_publish(network=network, data=payload["data"])
+    return await amessage_publish(
+        network=network, data=payload["data"], publisher=publisher, nbytes=len(body)
+    )
 
 
 def _serialize_data(data: Any) -> str:
@@ -276,25 +290,35 @@ def _fan_out_event(message: PublishedMessage) -> dict[str, Any]:
     return {"type": "network.message", "frame": message.frame, "seq": message.seq, "ts": message.ts}
 
 
-async def amessage_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
-    """Sequence, timestamp, serialize once and fan ``data`` out to the network's listeners."""
+async def amessage_publish(
+    *,
+    network: NetworkInfo,
+    data: Any,
+    publisher: PublisherKey | None = None,
+    nbytes: int | None = None,
+) -> PublishedMessage:
+    """Sequence, timestamp, serialize once and fan ``data`` out to the network's listeners.
+
+    Counts usage (``nbytes``, default the frame's size) and, for a ``publisher``, takes a
+    rate-limit token: PublishError 429 when the key is over its limit.
+    """
     frame = _serialize_data(data)
-    message = PublishedMessage(
-        network=network.slug,
-        seq=await anext_sequence(network.id),
-        ts=_server_timestamp(),
-        frame=frame,
-    )
+    try:
+        seq = await aadmit_publish(
+            network=network, publisher=publisher, nbytes=nbytes or len(frame.encode())
+        )
+    except RateLimited as limited:
+        raise _rate_limited(limited.retry_after) from None
+    message = PublishedMessage(network=network.slug, seq=seq, ts=_server_timestamp(), frame=frame)
     # One group_send: with Redis, one PUBLISH reaches every server process's listeners.
     await get_channel_layer().group_send(network.group_name, _fan_out_event(message))
     return message
 
 
 def message_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
-    """``amessage_publish`` for sync callers (tasks, commands)."""
+    """``amessage_publish`` for sync callers (tasks, commands): no key, so no rate limit."""
     frame = _serialize_data(data)
-    message = PublishedMessage(
-        network=network.slug, seq=next_sequence(network.id), ts=_server_timestamp(), frame=frame
-    )
+    seq = admit_publish(network=network, publisher=None, nbytes=len(frame.encode()))
+    message = PublishedMessage(network=network.slug, seq=seq, ts=_server_timestamp(), frame=frame)
     async_to_sync(get_channel_layer().group_send)(network.group_name, _fan_out_event(message))
     return message

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from accounts.models import Organization
-from networks import lookup_cache
+from networks import accounting, lookup_cache
 from networks.models import ApiKey, Network
 from networks.sequence import reset_local_allocator
 from networks.services import api_key_create
@@ -26,9 +26,11 @@ def _fresh_publish_state():
     """Each test starts with an empty cache: cached rows of a rolled-back test would lie."""
     lookup_cache.clear()
     reset_local_allocator()
+    accounting.local.reset()
     yield
     lookup_cache.clear()
     reset_local_allocator()
+    accounting.local.reset()
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from katiedj.periodic import start_in_process_beat
+
 
 class Command(BaseCommand):
     help = (
@@ -21,6 +23,9 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if not options["no_demo"]:
             call_command("bootstrap_demo", host=host, port=port, stdout=self.stdout)
+        if not settings.REDIS_URL:
+            # No Celery beat without a broker: run the same schedule in this process.
+            start_in_process_beat()
         self.stdout.write(f"Serving on http://{host}:{port}/ (Ctrl-C to stop)")
         self.stdout.flush()
         uvicorn.run(

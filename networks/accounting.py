@@ -1,0 +1,255 @@
+"""What each accepted publish costs: a rate-limit token, a sequence number, usage counters.
+
+With Redis, one Lua script does all of it in one round trip, atomically, for every server
+process: take a token from the key's bucket (or answer how long to wait), ``INCR`` the
+network's sequence, add to the hour's usage counters and note the key's last use. Periodic
+tasks (``networks.tasks``) move usage and last use into the database; the publish path never
+writes there. The embedded mode keeps the same state in process memory.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from .selectors import NetworkInfo, PublisherKey
+from .sequence import _async_redis_client, _local_allocator, _redis_client
+
+USAGE_TTL_SECONDS = 3 * 24 * 3600
+
+# KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash
+# ARGV: rate, burst, bytes, network id, key id ("" for none), usage key name, usage TTL
+_ADMIT_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+if ARGV[5] ~= '' then
+  local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+  local tokens = tonumber(state[1]) or burst
+  local at = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + (now - at) * rate)
+  if tokens < 1 then
+    return {0, tostring((1 - tokens) / rate)}
+  end
+  redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
+  redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+  redis.call('HSET', KEYS[5], ARGV[5], tostring(now))
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('HINCRBY', KEYS[3], 'messages:' .. ARGV[4], 1)
+redis.call('HINCRBY', KEYS[3], 'bytes:' .. ARGV[4], tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
+redis.call('SADD', KEYS[4], ARGV[6])
+return {seq, '0'}
+"""
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.3f} s")
+        self.retry_after = retry_after
+
+
+def _hour_start(epoch: float) -> int:
+    return int(epoch // 3600 * 3600)
+
+
+def _rate(publisher: PublisherKey) -> tuple[int, int]:
+    rate = publisher.rate_per_second or settings.PUBLISH_RATE_PER_SECOND
+    return rate, 2 * rate
+
+
+def redis_key(*parts: object) -> str:
+    return ":".join([settings.REDIS_KEY_PREFIX, *map(str, parts)])
+
+
+def usage_key(organization_id: int, hour: int) -> str:
+    return redis_key("usage", organization_id, hour)
+
+
+def _script_args(
+    network: NetworkInfo, publisher: PublisherKey | None, nbytes: int
+) -> tuple[list[str], list[str]]:
+    hour_key = usage_key(network.organization_id, _hour_start(time.time()))
+    rate, burst = _rate(publisher) if publisher else (0, 0)
+    keys = [
+        redis_key("bucket", publisher.id if publisher else 0),
+        redis_key("seq", network.id),
+        hour_key,
+        redis_key("usage", "dirty"),
+        redis_key("lastused"),
+    ]
+    key_id = publisher.id if publisher else ""
+    args = [rate, burst, nbytes, network.id, key_id, hour_key, USAGE_TTL_SECONDS]
+    return keys, [str(a) for a in args]
+
+
+def _result(reply: list) -> int:
+    seq, wait = int(reply[0]), float(reply[1])
+    if seq == 0:
+        raise RateLimited(wait)
+    return seq
+
+
+async def aadmit_publish(
+    *, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int
+) -> int:
+    """Account for one publish and return its sequence number; RateLimited if over the limit."""
+    if settings.REDIS_URL:
+        keys, args = _script_args(network, publisher, nbytes)
+        client = _async_redis_client()
+        return _result(await client.eval(_ADMIT_SCRIPT, len(keys), *keys, *args))
+    local.take(network, publisher, nbytes)
+    seq = _local_allocator.next_without_reserving(network.id)
+    if seq is None:
+        seq = await sync_to_async(_local_allocator.next)(network.id)
+    return seq
+
+
+def admit_publish(*, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int) -> int:
+    """``aadmit_publish`` for sync callers (tasks, commands)."""
+    if settings.REDIS_URL:
+        keys, args = _script_args(network, publisher, nbytes)
+        return _result(_redis_client().eval(_ADMIT_SCRIPT, len(keys), *keys, *args))
+    local.take(network, publisher, nbytes)
+    return _local_allocator.next(network.id)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class LocalAccounting:
+    """The embedded mode's buckets and counters (one process, so memory is the truth)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.buckets: dict[int, _Bucket] = {}
+        # (organization id, network id, hour start) -> [messages, bytes]
+        self.usage: dict[tuple[int, int, int], list[int]] = defaultdict(lambda: [0, 0])
+        self.last_used: dict[int, float] = {}
+
+    def take(self, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int) -> None:
+        now = time.time()
+        with self._lock:
+            if publisher is not None:
+                rate, burst = _rate(publisher)
+                bucket = self.buckets.setdefault(publisher.id, _Bucket(burst, now))
+                bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
+                bucket.at = now
+                if bucket.tokens < 1:
+                    raise RateLimited((1 - bucket.tokens) / rate)
+                bucket.tokens -= 1
+                self.last_used[publisher.id] = now
+            counters = self.usage[(network.organization_id, network.id, _hour_start(now))]
+            counters[0] += 1
+            counters[1] += nbytes
+
+    def drain_last_used(self) -> dict[int, float]:
+        with self._lock:
+            drained, self.last_used = self.last_used, {}
+        return drained
+
+    def snapshot_usage(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        with self._lock:
+            current = _hour_start(time.time())
+            snapshot = {k: (v[0], v[1]) for k, v in self.usage.items()}
+            # Past hours are final once copied out.
+            for key in [k for k in self.usage if k[2] < current]:
+                del self.usage[key]
+        return snapshot
+
+    def reset(self) -> None:
+        with self._lock:
+            self.buckets.clear()
+            self.usage.clear()
+            self.last_used.clear()
+
+
+local = LocalAccounting()
+
+
+def retry_after_header(retry_after: float) -> str:
+    """Whole seconds, at least 1 (the header takes an integer)."""
+    return str(max(1, math.ceil(retry_after)))
+
+
+def hour_datetime(hour_start: int) -> datetime:
+    return datetime.fromtimestamp(hour_start, tz=UTC)
+
+
+# --- Moving counters into the database (periodic tasks) -----------------------------------
+
+
+def flush_last_used() -> int:
+    """Write keys' last use into the database; returns how many keys were updated."""
+    from .models import ApiKey
+
+    if settings.REDIS_URL:
+        client = _redis_client()
+        source = redis_key("lastused")
+        batch = redis_key("lastused", "flushing", time.time_ns())
+        try:
+            # Renaming first means publishes during the flush land in a fresh hash.
+            client.rename(source, batch)
+        except redis.ResponseError:
+            return 0  # no such key: nothing was published since the last flush
+        stamps = {int(k): float(v) for k, v in client.hgetall(batch).items()}
+        client.delete(batch)
+    else:
+        stamps = local.drain_last_used()
+    for key_id, stamp in stamps.items():
+        when = datetime.fromtimestamp(stamp, tz=UTC)
+        # Never move backwards (a slower flush racing a newer one).
+        ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=when).update(last_used_at=when)
+    return len(stamps)
+
+
+def _upsert_usage(organization_id: int, network_id: int, hour: int, messages: int, nbytes: int):
+    from .models import Network, UsageHour
+
+    if not Network.objects.filter(pk=network_id).exists():
+        return
+    # Counters are cumulative for the hour, so writing the absolute value is idempotent.
+    UsageHour.objects.update_or_create(
+        network_id=network_id,
+        hour=hour_datetime(hour),
+        defaults={"organization_id": organization_id, "messages": messages, "bytes": nbytes},
+    )
+
+
+def rollup_usage() -> int:
+    """Copy hourly usage counters into ``UsageHour`` rows; returns how many rows were written."""
+    written = 0
+    current = _hour_start(time.time())
+    if settings.REDIS_URL:
+        client = _redis_client()
+        dirty = redis_key("usage", "dirty")
+        for raw_name in client.smembers(dirty):
+            name = raw_name.decode()
+            organization_id, hour = (int(part) for part in name.rsplit(":", 2)[-2:])
+            counters = client.hgetall(name)
+            by_network: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            for field, value in counters.items():
+                kind, network_id = field.decode().split(":")
+                by_network[int(network_id)][0 if kind == "messages" else 1] = int(value)
+            for network_id, (messages, nbytes) in by_network.items():
+                _upsert_usage(organization_id, network_id, hour, messages, nbytes)
+                written += 1
+            if hour < current:
+                client.srem(dirty, raw_name)  # that hour is over: its counters are final
+    else:
+        for (organization_id, network_id, hour), counts in local.snapshot_usage().items():
+            _upsert_usage(organization_id, network_id, hour, *counts)
+            written += 1
+    return written
