@@ -105,8 +105,8 @@ async def aadmit_publish(
     """Account for one publish and return its sequence number; RateLimited if over the limit."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes)
-        client = _async_redis_client()
-        return _result(await client.eval(_ADMIT_SCRIPT, len(keys), *keys, *args))
+        script = _async_redis_client().register_script(_ADMIT_SCRIPT)
+        return _result(await script(keys=keys, args=args))
     local.take(network, publisher, nbytes)
     seq = _local_allocator.next_without_reserving(network.id)
     if seq is None:
@@ -118,7 +118,7 @@ def admit_publish(*, network: NetworkInfo, publisher: PublisherKey | None, nbyte
     """``aadmit_publish`` for sync callers (tasks, commands)."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes)
-        return _result(_redis_client().eval(_ADMIT_SCRIPT, len(keys), *keys, *args))
+        return _result(_redis_client().register_script(_ADMIT_SCRIPT)(keys=keys, args=args))
     local.take(network, publisher, nbytes)
     return _local_allocator.next(network.id)
 

@@ -61,3 +61,18 @@ async def test_a_browser_page_from_a_foreign_origin_is_refused():
     )
     assert (await local.connect())[0] is True
     await local.disconnect()
+
+
+async def test_archiving_a_network_closes_its_listeners_and_refuses_new_ones():
+    from networks.models import Network
+    from networks.services import network_archive
+
+    await sync_to_async(NetworkFactory)(slug="weather")
+    communicator = WebsocketCommunicator(application, "/ws/networks/weather/")
+    assert (await communicator.connect())[0]
+    network = await sync_to_async(Network.objects.get)(slug="weather")
+    await sync_to_async(network_archive)(network=network)
+    closed = await communicator.receive_output(timeout=3)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4410)
+    late = WebsocketCommunicator(application, "/ws/networks/weather/")
+    assert (await late.connect())[0] is False
