@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
@@ -22,6 +23,7 @@ from .services import (
     invitation_accept,
     invitation_create,
     invitation_revoke,
+    invitation_send,
     membership_change_role,
     membership_remove,
     organization_create,
@@ -168,6 +170,10 @@ class InvitationListView(generics.ListAPIView):
             email=serializer.validated_data["email"],
             role=Role(serializer.validated_data.get("role", Role.MEMBER)),
         )
+        accept_url = request.build_absolute_uri(
+            reverse("frontend:invitation-accept", kwargs={"token": secret})
+        )
+        invitation_send(invitation=invitation, secret=secret, accept_url=accept_url)
         invitation.accept_token = secret  # type: ignore[attr-defined]
         return Response(
             InvitationCreatedSerializer(invitation).data, status=status.HTTP_201_CREATED

@@ -148,3 +148,20 @@ def personal_token_revoke(*, token: PersonalToken) -> PersonalToken:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
     return token
+
+
+def invitation_send(*, invitation: Invitation, secret: str, accept_url: str) -> None:
+    """Email the invitation link (the secret travels only in this email and the API answer)."""
+    from django.core.mail import send_mail
+
+    inviter = invitation.invited_by.email if invitation.invited_by else "Someone"
+    send_mail(
+        subject=f"[KatieDJ] Join {invitation.organization.name}",
+        message=(
+            f"{inviter} invited you to join {invitation.organization.name} on KatieDJ "
+            f"as {invitation.role}.\n\nAccept the invitation (valid for 7 days):\n{accept_url}\n\n"
+            "Sign in or sign up with this email address first.\n"
+        ),
+        from_email=None,
+        recipient_list=[invitation.email],
+    )

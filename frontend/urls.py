@@ -1,9 +1,33 @@
 from django.urls import path
 
-from . import views
+from . import dashboard, views
 
 app_name = "frontend"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
+    path("dashboard/tokens/", dashboard.tokens, name="tokens"),
+    path("dashboard/<slug:org>/", dashboard.organization_home, name="org"),
+    path("dashboard/<slug:org>/networks/<str:slug>/", dashboard.network_detail, name="network"),
+    path(
+        "dashboard/<slug:org>/networks/<str:slug>/archive/",
+        dashboard.network_archive_toggle,
+        name="network-archive",
+    ),
+    path("dashboard/<slug:org>/keys/", dashboard.keys, name="keys"),
+    path("dashboard/<slug:org>/keys/<int:key_id>/revoke/", dashboard.key_revoke, name="key-revoke"),
+    path("dashboard/<slug:org>/keys/<int:key_id>/rotate/", dashboard.key_rotate, name="key-rotate"),
+    path("dashboard/<slug:org>/members/", dashboard.members, name="members"),
+    path(
+        "dashboard/<slug:org>/members/<int:member_id>/",
+        dashboard.member_update,
+        name="member-update",
+    ),
+    path(
+        "dashboard/<slug:org>/invitations/<int:invitation_id>/cancel/",
+        dashboard.invitation_cancel,
+        name="invitation-cancel",
+    ),
+    path("invitations/<str:token>/", dashboard.invitation_accept_page, name="invitation-accept"),
 ]

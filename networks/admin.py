@@ -3,14 +3,14 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import ApiKey, Network
+from .models import ApiKey, Network, UsageHour
 from .services import api_key_create, api_key_revoke
 
 
 @admin.register(Network)
 class NetworkAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "organization", "is_public", "created_at"]
-    list_filter = ["is_public", "organization"]
+    list_display = ["slug", "name", "organization", "is_public", "archived_at", "created_at"]
+    list_filter = ["is_public", "organization", "archived_at"]
     search_fields = ["slug", "name", "organization__name"]
 
 
@@ -36,10 +36,10 @@ class ApiKeyCreationForm(forms.ModelForm):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "organization", "created_at", "revoked_at"]
+    list_display = ["name", "prefix", "organization", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["organization", "revoked_at"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["prefix", "created_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at", "replaced_by"]
     filter_horizontal = ["networks"]
     actions = ["revoke_selected"]
 
@@ -78,3 +78,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for api_key in queryset:
             api_key_revoke(api_key=api_key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(UsageHour)
+class UsageHourAdmin(admin.ModelAdmin):
+    list_display = ["network", "hour", "messages", "bytes"]
+    list_filter = ["organization"]
+    date_hierarchy = "hour"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rolled up from the publish counters

@@ -1,0 +1,378 @@
+"""Provider dashboard pages under ``/dashboard/``: thin views over the services.
+
+Every page resolves the visitor's membership first, so another organization's objects are
+404 exactly like missing ones; role checks answer 403.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Sum
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from accounts.models import Membership, PersonalToken, Role
+from accounts.selectors import (
+    Forbidden,
+    NotFound,
+    membership_get,
+    organization_members,
+    organizations_of,
+    role_at_least,
+)
+from accounts.services import (
+    MembershipError,
+    invitation_accept,
+    invitation_create,
+    invitation_revoke,
+    invitation_send,
+    membership_change_role,
+    membership_remove,
+    organization_create,
+    personal_token_create,
+    personal_token_revoke,
+)
+from networks.models import ApiKey, Network, UsageHour
+from networks.selectors import api_key_get_for_org, api_keys_of, network_get_for_org, networks_of
+from networks.services import (
+    api_key_create,
+    api_key_revoke,
+    api_key_rotate,
+    network_archive,
+    network_create,
+    network_unarchive,
+    network_update,
+)
+
+from .forms import (
+    ApiKeyForm,
+    InvitationForm,
+    NetworkForm,
+    OrganizationForm,
+    PersonalTokenForm,
+    RoleForm,
+)
+
+View = Callable[..., HttpResponse]
+
+
+def org_view(minimum: Role | None = None) -> Callable[[View], View]:
+    """Resolve ``org`` to the visitor's membership (404 if none; 403 below ``minimum``)."""
+
+    def decorate(view: View) -> View:
+        @login_required
+        @wraps(view)
+        def wrapper(request: HttpRequest, org: str, **kwargs: Any) -> HttpResponse:
+            try:
+                membership = membership_get(user=request.user, organization_slug=org)
+            except NotFound:
+                raise Http404 from None
+            if minimum is not None and not role_at_least(membership.role, minimum):
+                raise PermissionDenied
+            try:
+                return view(request, membership, **kwargs)
+            except (NotFound, Network.DoesNotExist, ApiKey.DoesNotExist, Membership.DoesNotExist):
+                raise Http404 from None
+            except Forbidden:
+                raise PermissionDenied from None
+
+        return wrapper
+
+    return decorate
+
+
+def _publish_example(request: HttpRequest, created: tuple[ApiKey, str] | None) -> str:
+    if created is None:
+        return ""
+    api_key, secret = created
+    network = api_key.networks.first()
+    body = json.dumps({"network": network.slug if network else "<slug>", "data": {"hello": 1}})
+    return (
+        f"curl -X POST {request.build_absolute_uri('/api/publish')} \\\n"
+        f"     -H 'API-KEY: {secret}' -H 'Content-Type: application/json' \\\n"
+        f"     -d '{body}'"
+    )
+
+
+def _page(request: HttpRequest, membership: Membership, template: str, **context: Any):
+    context.update(
+        membership=membership,
+        organization=membership.organization,
+        can_manage=role_at_least(membership.role, Role.ADMIN),
+        memberships=organizations_of(user=request.user),
+        base_url=request.build_absolute_uri("/").rstrip("/"),
+    )
+    return render(request, f"frontend/dashboard/{template}", context)
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Your first organization, or a form to create one."""
+    if request.method == "POST":
+        form = OrganizationForm(request.POST)
+        if form.is_valid():
+            organization = organization_create(name=form.cleaned_data["name"], owner=request.user)
+            return redirect("frontend:org", org=organization.slug)
+    else:
+        first = organizations_of(user=request.user).order_by("organization__name").first()
+        if first is not None:
+            return redirect("frontend:org", org=first.organization.slug)
+        form = OrganizationForm()
+    return render(request, "frontend/dashboard/start.html", {"form": form})
+
+
+def _usage_since(network_ids: list[int], since: timezone.datetime) -> dict[int, dict]:
+    rows = (
+        UsageHour.objects.filter(network_id__in=network_ids, hour__gte=since)
+        .values("network_id")
+        .annotate(messages=Sum("messages"), bytes=Sum("bytes"))
+    )
+    return {row["network_id"]: row for row in rows}
+
+
+@org_view()
+def organization_home(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """Networks of the organization, with the last 24 hours of usage."""
+    form = NetworkForm()
+    if request.method == "POST":
+        if not role_at_least(membership.role, Role.ADMIN):
+            raise PermissionDenied
+        form = NetworkForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            network = network_create(
+                organization=membership.organization,
+                slug=data["slug"],
+                name=data["name"],
+                description=data["description"],
+                is_public=data["is_public"],
+            )
+            network_update(
+                network=network,
+                max_message_bytes=data["max_message_bytes"],
+                history_max_messages=data["history_max_messages"],
+                history_max_age_seconds=data["history_max_age_seconds"],
+            )
+            messages.success(request, f"Network {network.slug} created.")
+            return redirect("frontend:network", org=membership.organization.slug, slug=network.slug)
+    networks = list(networks_of(organization_id=membership.organization_id))
+    usage = _usage_since([n.id for n in networks], timezone.now() - timedelta(hours=24))
+    rows = [(network, usage.get(network.id)) for network in networks]
+    return _page(request, membership, "organization.html", rows=rows, form=form)
+
+
+@org_view()
+def network_detail(request: HttpRequest, membership: Membership, slug: str) -> HttpResponse:
+    network = network_get_for_org(organization_id=membership.organization_id, slug=slug)
+    form = NetworkForm(instance=network)
+    if request.method == "POST":
+        if not role_at_least(membership.role, Role.ADMIN):
+            raise PermissionDenied
+        form = NetworkForm(request.POST, instance=network)
+        if form.is_valid():
+            changes = {k: v for k, v in form.cleaned_data.items() if k != "slug"}
+            network_update(network=Network.objects.get(pk=network.pk), **changes)
+            messages.success(request, "Saved.")
+            return redirect("frontend:network", org=membership.organization.slug, slug=slug)
+    usage = UsageHour.objects.filter(network=network).order_by("-hour")[:48]
+    return _page(request, membership, "network.html", network=network, form=form, usage=usage)
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def network_archive_toggle(request: HttpRequest, membership: Membership, slug: str):
+    network = network_get_for_org(organization_id=membership.organization_id, slug=slug)
+    if network.is_archived:
+        network_unarchive(network=network)
+        messages.success(request, f"{slug} restored: it accepts publishes and listeners again.")
+    else:
+        network_archive(network=network)
+        messages.success(request, f"{slug} archived: publishes get 409, listeners were closed.")
+    return redirect("frontend:network", org=membership.organization.slug, slug=slug)
+
+
+@org_view()
+def keys(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """Publisher keys; admins create them here (the secret is shown once)."""
+    organization = membership.organization
+    form = ApiKeyForm(organization_id=organization.id)
+    created: tuple[ApiKey, str] | None = None
+    if request.method == "POST":
+        if not role_at_least(membership.role, Role.ADMIN):
+            raise PermissionDenied
+        form = ApiKeyForm(request.POST, organization_id=organization.id)
+        if form.is_valid():
+            data = form.cleaned_data
+            created = api_key_create(
+                organization=organization,
+                name=data["name"],
+                networks=list(data["networks"]),
+                scopes=data["scopes"],
+                expires_at=data["expires_at"],
+                created_by=request.user,
+            )
+            form = ApiKeyForm(organization_id=organization.id)
+    return _page(
+        request,
+        membership,
+        "keys.html",
+        keys=api_keys_of(organization_id=organization.id),
+        form=form,
+        created=created,
+        example=_publish_example(request, created),
+    )
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def key_revoke(request: HttpRequest, membership: Membership, key_id: int) -> HttpResponse:
+    api_key = api_key_get_for_org(organization_id=membership.organization_id, key_id=key_id)
+    api_key_revoke(api_key=api_key)
+    messages.success(request, f"Key {api_key.prefix}… revoked; publishes with it now fail.")
+    return redirect("frontend:keys", org=membership.organization.slug)
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def key_rotate(request: HttpRequest, membership: Membership, key_id: int) -> HttpResponse:
+    api_key = api_key_get_for_org(organization_id=membership.organization_id, key_id=key_id)
+    try:
+        created = api_key_rotate(api_key=api_key, created_by=request.user)
+    except ValueError as error:
+        messages.error(request, str(error))
+        return redirect("frontend:keys", org=membership.organization.slug)
+    messages.success(request, f"Key {api_key.prefix}… keeps working for 24 hours.")
+    return _page(
+        request,
+        membership,
+        "keys.html",
+        keys=api_keys_of(organization_id=membership.organization_id),
+        form=ApiKeyForm(organization_id=membership.organization_id),
+        created=created,
+        example=_publish_example(request, created),
+    )
+
+
+@org_view()
+def members(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """Members and roles; invitations (admins)."""
+    organization = membership.organization
+    form = InvitationForm()
+    if request.method == "POST":
+        form = InvitationForm(request.POST)
+        if form.is_valid():
+            invitation, secret = invitation_create(
+                actor=membership,
+                email=form.cleaned_data["email"],
+                role=Role(form.cleaned_data["role"]),
+            )
+            accept_url = request.build_absolute_uri(
+                reverse("frontend:invitation-accept", kwargs={"token": secret})
+            )
+            invitation_send(invitation=invitation, secret=secret, accept_url=accept_url)
+            messages.success(request, f"Invitation sent to {invitation.email}.")
+            return redirect("frontend:members", org=organization.slug)
+    invitations = organization.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True)
+    return _page(
+        request,
+        membership,
+        "members.html",
+        members=organization_members(organization=organization),
+        invitations=[i for i in invitations if i.is_pending]
+        if role_at_least(membership.role, Role.ADMIN)
+        else [],
+        form=form,
+        roles=Role.choices,
+    )
+
+
+@require_POST
+@org_view()
+def member_update(request: HttpRequest, membership: Membership, member_id: int) -> HttpResponse:
+    target = organization_members(organization=membership.organization).get(pk=member_id)
+    try:
+        if request.POST.get("action") == "remove":
+            membership_remove(actor=membership, target=target)
+            messages.success(request, f"{target.user.email} removed.")
+            if target.pk == membership.pk:
+                return redirect("frontend:dashboard")
+        else:
+            form = RoleForm(request.POST)
+            if form.is_valid():
+                membership_change_role(
+                    actor=membership, target=target, role=Role(form.cleaned_data["role"])
+                )
+                messages.success(
+                    request, f"{target.user.email} is now {form.cleaned_data['role']}."
+                )
+    except MembershipError as error:
+        messages.error(request, str(error))
+    return redirect("frontend:members", org=membership.organization.slug)
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def invitation_cancel(request: HttpRequest, membership: Membership, invitation_id: int):
+    invitation = membership.organization.invitations.get(pk=invitation_id)
+    invitation_revoke(actor=membership, invitation=invitation)
+    messages.success(request, f"Invitation to {invitation.email} cancelled.")
+    return redirect("frontend:members", org=membership.organization.slug)
+
+
+@login_required
+def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            membership = invitation_accept(user=request.user, secret=token)
+        except NotFound:
+            raise Http404("This invitation is not valid for your account.") from None
+        messages.success(request, f"Welcome to {membership.organization.name}.")
+        return redirect("frontend:org", org=membership.organization.slug)
+    return render(request, "frontend/dashboard/invitation.html", {"token": token})
+
+
+@login_required
+def tokens(request: HttpRequest) -> HttpResponse:
+    """Personal tokens for scripts (the secret is shown once)."""
+    form = PersonalTokenForm()
+    created = None
+    if request.method == "POST":
+        if request.POST.get("revoke"):
+            token = PersonalToken.objects.filter(
+                user=request.user, pk=request.POST["revoke"]
+            ).first()
+            if token is None:
+                raise Http404
+            personal_token_revoke(token=token)
+            messages.success(request, f"Token {token.prefix}… revoked.")
+            return redirect("frontend:tokens")
+        form = PersonalTokenForm(request.POST)
+        if form.is_valid():
+            created = personal_token_create(user=request.user, name=form.cleaned_data["name"])
+            form = PersonalTokenForm()
+    return render(
+        request,
+        "frontend/dashboard/tokens.html",
+        {
+            "tokens": PersonalToken.objects.filter(user=request.user),
+            "form": form,
+            "created": created,
+            "example": (
+                f"curl {request.build_absolute_uri('/api/v1/orgs/')} "
+                f"-H 'Authorization: Bearer {created[1]}'"
+                if created
+                else ""
+            ),
+        },
+    )

@@ -1,0 +1,70 @@
+"""Dashboard forms: input validation only; the services do the work."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from accounts.models import Role
+from networks.models import KeyScope, Network
+
+
+class OrganizationForm(forms.Form):
+    name = forms.CharField(max_length=200)
+
+
+class NetworkForm(forms.ModelForm):
+    class Meta:
+        model = Network
+        fields = [
+            "slug",
+            "name",
+            "description",
+            "is_public",
+            "max_message_bytes",
+            "history_max_messages",
+            "history_max_age_seconds",
+        ]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = False
+        if self.instance.pk:
+            self.fields["slug"].disabled = True  # generators and listeners use it
+
+    def clean_max_message_bytes(self) -> int | None:
+        value = self.cleaned_data["max_message_bytes"]
+        if value is not None and value > settings.PUBLISH_MAX_BYTES:
+            raise forms.ValidationError(f"At most {settings.PUBLISH_MAX_BYTES} bytes.")
+        return value
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    networks = forms.ModelMultipleChoiceField(queryset=Network.objects.none())
+    scopes = forms.MultipleChoiceField(
+        choices=KeyScope.choices, initial=[KeyScope.PUBLISH], widget=forms.CheckboxSelectMultiple
+    )
+    expires_at = forms.DateTimeField(
+        required=False, help_text="Optional, UTC, e.g. 2027-01-31 18:00"
+    )
+
+    def __init__(self, *args: object, organization_id: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Only the organization's own networks can be chosen.
+        self.fields["networks"].queryset = Network.objects.filter(organization_id=organization_id)
+        self.fields["networks"].to_field_name = "slug"
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField()
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class PersonalTokenForm(forms.Form):
+    name = forms.CharField(max_length=100)
