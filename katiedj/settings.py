@@ -204,8 +204,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 # Periodic work; Celery beat runs it in production, `manage.py serve` in the embedded mode.
 CELERY_BEAT_SCHEDULE = {
-    "rollup-usage": {"task": "networks.tasks.rollup_usage", "schedule": 60.0},
-    "flush-key-last-used": {"task": "networks.tasks.flush_key_last_used", "schedule": 30.0},
+    "rollup-usage": {
+        "task": "networks.tasks.rollup_usage",
+        "schedule": float(os.environ.get("USAGE_ROLLUP_SECONDS", "") or 60),
+    },
+    "flush-key-last-used": {
+        "task": "networks.tasks.flush_key_last_used",
+        "schedule": float(os.environ.get("LAST_USED_FLUSH_SECONDS", "") or 30),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

@@ -75,3 +75,12 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
             response.status_code,
             response.content,
         )
+
+
+def test_the_interactive_docs_page_is_served_without_a_cdn(db):
+    page = APIClient().get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "swagger-ui" in html.lower()
+    # Assets come from this server (drf-spectacular-sidecar), not from the internet.
+    assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
