@@ -92,7 +92,25 @@ class Membership(models.Model):
         return f"{self.user} in {self.organization} ({self.role})"
 
 
-class PersonalToken(models.Model):
+class IssuedSecret:
+    """What rows standing for a hashed secret share: a readable name, expiry, revocation."""
+
+    name: str
+    prefix: str
+    expires_at: object
+    revoked_at: object
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class PersonalToken(IssuedSecret, models.Model):
     """A person's own credential for scripts: the REST API and, later, listening.
 
     Only a display prefix and the SHA-256 of the secret are stored; the secret is shown once.
@@ -109,15 +127,6 @@ class PersonalToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_active(self) -> bool:
-        if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or self.expires_at > timezone.now()
 
 
 class Invitation(models.Model):

@@ -7,6 +7,7 @@ from django.conf import settings
 
 from accounts.models import Role
 from networks.models import KeyScope, Network
+from networks.services import NETWORK_EDITABLE_FIELDS
 
 
 class OrganizationForm(forms.Form):
@@ -16,15 +17,7 @@ class OrganizationForm(forms.Form):
 class NetworkForm(forms.ModelForm):
     class Meta:
         model = Network
-        fields = [
-            "slug",
-            "name",
-            "description",
-            "is_public",
-            "max_message_bytes",
-            "history_max_messages",
-            "history_max_age_seconds",
-        ]
+        fields = ["slug", *NETWORK_EDITABLE_FIELDS]
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
     def __init__(self, *args: object, **kwargs: object) -> None:

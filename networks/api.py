@@ -43,12 +43,7 @@ class NetworkSerializer(serializers.ModelSerializer):
         model = Network
         fields = [
             "slug",
-            "name",
-            "description",
-            "is_public",
-            "max_message_bytes",
-            "history_max_messages",
-            "history_max_age_seconds",
+            *NETWORK_EDITABLE_FIELDS,
             "archived",
             "archived_at",
             "created_at",

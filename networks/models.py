@@ -5,9 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.models import IssuedSecret, Organization
 
 slug_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9_-]{0,58}[a-z0-9])?$",
@@ -72,7 +71,7 @@ def default_key_scopes() -> list[str]:
     return [KeyScope.PUBLISH]
 
 
-class ApiKey(models.Model):
+class ApiKey(IssuedSecret, models.Model):  # noqa: DJ008 (__str__ comes from IssuedSecret)
     """A publisher credential, scoped to some of its organization's networks.
 
     Only a display prefix and the SHA-256 of the secret are stored; the secret is shown once.
@@ -107,15 +106,6 @@ class ApiKey(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_active(self) -> bool:
-        if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or self.expires_at > timezone.now()
 
 
 class UsageHour(models.Model):
