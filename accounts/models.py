@@ -36,6 +36,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     email = models.EmailField(unique=True)
     name = models.CharField(max_length=150, blank=True)
     is_staff = models.BooleanField(default=False)
+    # Bumped whenever the person's listening rights shrink (subscription ended, token
+    # revoked): entitlement tokens carry it, so older tokens stop working everywhere.
+    entitlement_epoch = models.PositiveIntegerField(default=0, editable=False)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
 

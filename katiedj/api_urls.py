@@ -3,6 +3,7 @@
 from django.urls import path
 
 from accounts import api as accounts_api
+from billing import api as billing_api
 from networks import api as networks_api
 
 urlpatterns = [
@@ -50,6 +51,11 @@ urlpatterns = [
         "orgs/<slug:org>/keys/<int:key_id>/rotate/",
         networks_api.ApiKeyRotateView.as_view(),
         name="key-rotate",
+    ),
+    path(
+        "entitlements/token",
+        billing_api.EntitlementTokenView.as_view(),
+        name="entitlement-token",
     ),
     path("me/tokens/", accounts_api.PersonalTokenListView.as_view(), name="token-list"),
     path(

@@ -230,6 +230,13 @@ PUBLISH_LOCAL_CACHE_SECONDS = float(os.environ.get("PUBLISH_LOCAL_CACHE_SECONDS"
 # override it. Answered with 429 and Retry-After.
 PUBLISH_RATE_PER_SECOND = env_int("PUBLISH_RATE_PER_SECOND", 50)
 
+# Paid listening: entitlement tokens live this long at most (seconds); a past_due
+# subscription keeps its rights this long (seconds) before they end.
+ENTITLEMENT_TOKEN_SECONDS = env_int("ENTITLEMENT_TOKEN_SECONDS", 15 * 60)
+BILLING_PAST_DUE_GRACE_SECONDS = env_int("BILLING_PAST_DUE_GRACE_SECONDS", 3 * 24 * 3600)
+# Open connections one person may hold to one network (deters token sharing).
+LISTENER_CONNECTIONS_PER_USER = env_int("LISTENER_CONNECTIONS_PER_USER", 5)
+
 # The embedded demo: organization, the ``sample_net`` network and a publisher key.
 DEMO_API_KEY = os.environ.get("DEMO_API_KEY", "")
 DEMO_NETWORK_SLUG = "sample_net"

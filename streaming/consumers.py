@@ -5,44 +5,115 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from networks.selectors import NetworkInfo, network_get_by_slug
+from accounts.tokens import PERSONAL_TOKEN
+from billing.entitlement import (
+    TOKEN_PREFIX,
+    TokenExpired,
+    TokenInvalid,
+    aentitlement_epoch,
+    exchange_personal_token,
+    read_entitlement_token,
+    user_group,
+)
+from networks.selectors import NetworkInfo, anetwork_get_by_slug
 
 logger = logging.getLogger(__name__)
 
-# Documented close codes (docs/streaming.md).
+# Documented close codes (docs/protocol.md).
 CLOSE_POLICY_VIOLATION = 1008  # the listener talked too much
+CLOSE_UNAUTHENTICATED = 4401  # paid network: no token, or not one of ours
+CLOSE_NOT_ENTITLED = 4403  # the token's owner may not hear this network (any more)
+CLOSE_TOKEN_EXPIRED = 4408  # expired or voided token: get a fresh one and reconnect
 CLOSE_NETWORK_ARCHIVED = 4410  # the provider archived the network
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
 INBOUND_WINDOW_SECONDS = 10.0
 
+# Browsers cannot set headers: they offer ["katiedj", "<token>"] as subprotocols.
+SUBPROTOCOL = "katiedj"
+
 
 class NetworkListenerConsumer(AsyncWebsocketConsumer):
-    """One listener of one network. Rejects the handshake for an unknown or paid network."""
+    """One listener of one network.
+
+    Unknown or archived network: the handshake is refused (HTTP 403). Paid network: the
+    entitlement token is checked before the group is joined; a failure is a 44xx close.
+    """
 
     network: NetworkInfo | None = None
+    user_id: int | None = None
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        network = await sync_to_async(network_get_by_slug)(slug=slug)
-        if network is None or network.archived or not network.is_public:
-            # Closing before accept makes the server answer the handshake with HTTP 403.
-            # Paid networks are refused until entitlement checks exist.
-            await self.close()
+        network = await anetwork_get_by_slug(slug=slug)
+        if network is None or network.archived:
+            await self.close()  # before accept: the server answers HTTP 403
             return
-        self.network = network
         self._inbound: list[float] = []
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", []) else None
+        if not network.is_public:
+            refusal = await self._authorize(network)
+            if refusal is not None:
+                # Accept first so the client can read the reason in the close code.
+                await self.accept(subprotocol)
+                await self.close(code=refusal)
+                return
+            await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
+        self.network = network
         await self.channel_layer.group_add(network.group_name, self.channel_name)
-        await self.accept()
+        await self.accept(subprotocol)
+
+    def _presented_token(self) -> str | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        if query.get("token"):
+            return query["token"][0]
+        for name, value in self.scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and credentials.strip():
+                    return credentials.strip()
+        for offered in self.scope.get("subprotocols", []):
+            if offered.startswith(TOKEN_PREFIX) or PERSONAL_TOKEN.claims(offered):
+                return offered
+        return None
+
+    async def _authorize(self, network: NetworkInfo) -> int | None:
+        """None if the presented token lets its owner hear ``network``, else the close code."""
+        raw = self._presented_token()
+        if raw is None:
+            return CLOSE_UNAUTHENTICATED
+        if PERSONAL_TOKEN.claims(raw):
+            # Scripts may present a personal token; exchanging it costs a database query.
+            raw = await sync_to_async(exchange_personal_token)(raw)
+            if raw is None:
+                return CLOSE_UNAUTHENTICATED
+        try:
+            token = read_entitlement_token(raw)
+        except TokenExpired:
+            return CLOSE_TOKEN_EXPIRED
+        except TokenInvalid:
+            return CLOSE_UNAUTHENTICATED
+        epoch = await aentitlement_epoch(token.user_id)
+        if epoch is None:
+            return CLOSE_UNAUTHENTICATED
+        if epoch != token.epoch:
+            return CLOSE_TOKEN_EXPIRED
+        if not token.allows(network):
+            return CLOSE_NOT_ENTITLED
+        self.user_id = token.user_id
+        return None
 
     async def disconnect(self, code: int) -> None:
         if self.network is not None:
             await self.channel_layer.group_discard(self.network.group_name, self.channel_name)
+        if self.user_id is not None:
+            await self.channel_layer.group_discard(user_group(self.user_id), self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Never broadcast what a listener sends; close it if it keeps sending.
@@ -66,3 +137,8 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
 
     async def network_archived(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_NETWORK_ARCHIVED)
+
+    async def entitlement_revoked(self, event: dict[str, Any]) -> None:
+        networks = event.get("networks")
+        if self.network is not None and (networks is None or self.network.id in networks):
+            await self.close(code=CLOSE_NOT_ENTITLED)

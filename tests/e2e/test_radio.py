@@ -84,12 +84,17 @@ async def test_rejected_publishes_reach_no_listener(stack):
         await assert_silent(ws, 0.3)
 
 
-@pytest.mark.parametrize("path", ["/ws/networks/no-such-net/", "/ws/networks/paid-net/"])
-async def test_unknown_and_paid_networks_refuse_the_handshake(stack, path):
+async def test_unknown_networks_refuse_the_handshake(stack):
     with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(stack.servers[0].ws + path):
+        async with websockets.connect(stack.servers[0].ws + "/ws/networks/no-such-net/"):
             pass
     assert refused.value.response.status_code in (403, 404)
+
+
+async def test_a_paid_network_closes_an_anonymous_listener_with_4401(stack):
+    async with websockets.connect(stack.servers[0].ws + "/ws/networks/paid-net/") as ws:
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 4401
 
 
 async def test_listeners_cannot_talk(stack):
