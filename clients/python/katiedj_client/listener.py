@@ -8,7 +8,12 @@ import inspect
 import json
 import logging
 import random
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import Any, Protocol, Self
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,8 +30,11 @@ logger = logging.getLogger("katiedj_client")
 FATAL_HTTP_STATUSES = frozenset({401, 403, 404})
 
 # The server uses 44xx close codes for authentication/entitlement decisions. 4408 (token
-# expired) could become retryable once a token refresher exists; until then it is fatal.
+# expired) is retried after a refresh when the listener holds a personal token.
 _FATAL_CLOSE_CODES = range(4400, 4500)
+
+PERSONAL_TOKEN_PREFIX = "kdjp_"
+CLOSE_TOKEN_EXPIRED = 4408
 
 # Bounds how long stop()/aclose() can hang on a server that never answers our close frame.
 _CLOSE_TIMEOUT = 3.0
@@ -101,7 +109,11 @@ class Listener:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
+        # A personal token (kdjp_…) is exchanged for short-lived entitlement tokens, refreshed
+        # before they expire and whenever the server says one expired (close 4408).
+        self._personal_token = token if token and token.startswith(PERSONAL_TOKEN_PREFIX) else None
         self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._entitlement: tuple[str, float] | None = None
 
         self.reconnects = 0
         self._connections = 0
@@ -240,9 +252,12 @@ class Listener:
             self._finished.set()
 
     async def _open(self) -> ClientConnection:
+        headers = self._headers
+        if self._personal_token is not None:
+            headers = {"Authorization": f"Bearer {await self._entitlement_token()}"}
         return await connect(
             self.url,
-            additional_headers=self._headers,
+            additional_headers=headers,
             open_timeout=self.open_timeout,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
@@ -266,6 +281,14 @@ class Listener:
                     return
                 except ConnectionClosed as exc:
                     rcvd = exc.rcvd
+                    if (
+                        rcvd is not None
+                        and rcvd.code == CLOSE_TOKEN_EXPIRED
+                        and self._personal_token
+                    ):
+                        logger.info("entitlement token expired; refreshing it")
+                        self._entitlement = None
+                        return
                     if rcvd is not None and rcvd.code in _FATAL_CLOSE_CODES:
                         reason = rcvd.reason or "closed by server"
                         raise ListenerRejected(reason, rcvd.code) from exc
@@ -281,6 +304,17 @@ class Listener:
             self._ws = None
             await ws.close()
 
+    async def _entitlement_token(self) -> str:
+        """A cached entitlement token with at least a minute left, else a freshly minted one."""
+        if self._entitlement is not None and self._entitlement[1] - time.time() > 60:
+            return self._entitlement[0]
+        assert self._personal_token is not None
+        token, expires_at = await asyncio.to_thread(
+            exchange_personal_token, self.url, self._personal_token, self.open_timeout
+        )
+        self._entitlement = (token, expires_at)
+        return token
+
     @staticmethod
     async def _race(aw: Awaitable[Any], stopper: asyncio.Future[Any]) -> Any:
         """Await ``aw`` unless stop() fires first, in which case raise _Stopped."""
@@ -295,6 +329,31 @@ class Listener:
         if task.cancelled():
             raise _Stopped
         return task.result()
+
+
+def token_endpoint(ws_url: str) -> str:
+    """``ws(s)://host[:port]/…`` → ``http(s)://host[:port]/api/v1/entitlements/token``."""
+    parts = urllib.parse.urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}[parts.scheme]
+    return urllib.parse.urlunsplit((scheme, parts.netloc, "/api/v1/entitlements/token", "", ""))
+
+
+def exchange_personal_token(ws_url: str, personal_token: str, timeout: float) -> tuple[str, float]:
+    """POST the personal token to the token endpoint; returns (token, expiry epoch seconds)."""
+    request = urllib.request.Request(
+        token_endpoint(ws_url),
+        method="POST",
+        headers={"Authorization": f"Bearer {personal_token}", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise ListenerRejected("personal token refused", error.code) from error
+        raise OSError(f"token endpoint answered HTTP {error.code}") from error
+    expires = datetime.fromisoformat(body["expires_at"]).timestamp()
+    return body["token"], expires
 
 
 def _status_reason(exc: InvalidStatus) -> str:
