@@ -92,6 +92,13 @@ async def aentitlement_epoch(user_id: int) -> int | None:
     return await acached_lookup(f"entitle:epoch:{user_id}", lambda: _load_epoch(user_id))
 
 
+def entitlements_grew(*, user_id: int) -> None:
+    """Rights were added: only cached answers need recomputing (tokens stay valid)."""
+    key = f"entitle:rights:{user_id}"
+    forget([key])
+    transaction.on_commit(lambda: forget([key]))
+
+
 def entitlements_changed(*, user_id: int, network_ids: list[int] | None = None) -> None:
     """Void the person's tokens and close their affected connections on every process.
 

@@ -212,6 +212,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networks.tasks.flush_key_last_used",
         "schedule": float(os.environ.get("LAST_USED_FLUSH_SECONDS", "") or 30),
     },
+    "reconcile-subscriptions": {
+        "task": "billing.tasks.reconcile_subscriptions",
+        "schedule": float(os.environ.get("RECONCILE_SECONDS", "") or 3600),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -236,6 +240,14 @@ ENTITLEMENT_TOKEN_SECONDS = env_int("ENTITLEMENT_TOKEN_SECONDS", 15 * 60)
 BILLING_PAST_DUE_GRACE_SECONDS = env_int("BILLING_PAST_DUE_GRACE_SECONDS", 3 * 24 * 3600)
 # Open connections one person may hold to one network (deters token sharing).
 LISTENER_CONNECTIONS_PER_USER = env_int("LISTENER_CONNECTIONS_PER_USER", 5)
+
+# Stripe. Without a secret key billing is off: paid networks say so, and demo
+# subscriptions are granted in the admin. STRIPE_API_BASE points tests at a local fake.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
+# Webhook events older than this (seconds) are refused as stale (replay protection).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
 
 # The embedded demo: organization, the ``sample_net`` network and a publisher key.
 DEMO_API_KEY = os.environ.get("DEMO_API_KEY", "")

@@ -18,5 +18,6 @@ urlpatterns = [
     path("api/v1/", include((api_urlpatterns, "api"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("billing.urls")),
     path("", include("frontend.urls")),
 ]
