@@ -22,6 +22,8 @@ from billing.entitlement import (
 )
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
 
+from .connection_limits import connection_admit, connection_release
+
 logger = logging.getLogger(__name__)
 
 # Documented close codes (docs/protocol.md).
@@ -30,6 +32,7 @@ CLOSE_UNAUTHENTICATED = 4401  # paid network: no token, or not one of ours
 CLOSE_NOT_ENTITLED = 4403  # the token's owner may not hear this network (any more)
 CLOSE_TOKEN_EXPIRED = 4408  # expired or voided token: get a fresh one and reconnect
 CLOSE_NETWORK_ARCHIVED = 4410  # the provider archived the network
+CLOSE_TOO_MANY_CONNECTIONS = 4429  # this person already holds the allowed connections
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
@@ -106,6 +109,11 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             return CLOSE_TOKEN_EXPIRED
         if not token.allows(network):
             return CLOSE_NOT_ENTITLED
+        admitted = await connection_admit(
+            user_id=token.user_id, network_id=network.id, connection=self.channel_name
+        )
+        if not admitted:
+            return CLOSE_TOO_MANY_CONNECTIONS
         self.user_id = token.user_id
         return None
 
@@ -114,6 +122,9 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.network.group_name, self.channel_name)
         if self.user_id is not None:
             await self.channel_layer.group_discard(user_group(self.user_id), self.channel_name)
+            await connection_release(
+                user_id=self.user_id, network_id=self.network.id, connection=self.channel_name
+            )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Never broadcast what a listener sends; close it if it keeps sending.

@@ -11,6 +11,7 @@ from networks import accounting, lookup_cache
 from networks.models import ApiKey, Network
 from networks.sequence import reset_local_allocator
 from networks.services import api_key_create
+from streaming import connection_limits
 from tests.asgi_client import AsgiTestClient
 from tests.factories import NetworkFactory, OrganizationFactory
 
@@ -27,10 +28,12 @@ def _fresh_publish_state():
     lookup_cache.clear()
     reset_local_allocator()
     accounting.local.reset()
+    connection_limits.reset_local()
     yield
     lookup_cache.clear()
     reset_local_allocator()
     accounting.local.reset()
+    connection_limits.reset_local()
 
 
 @pytest.fixture

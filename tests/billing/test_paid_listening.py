@@ -186,3 +186,24 @@ def test_tokens_expire_no_later_than_the_subscription(premium, listener):
     _, expires_at, slugs = mint_entitlement_token(user=listener)
     assert slugs == ["premium"]
     assert expires_at <= timezone.now() + timedelta(minutes=5)
+
+
+async def test_one_person_may_hold_only_so_many_connections_per_network(
+    premium, listener, settings
+):
+    settings.LISTENER_CONNECTIONS_PER_USER = 2
+    await sync_to_async(subscription_grant)(user=listener, network=premium)
+    token = await sync_to_async(mint)(listener)
+    path = f"/ws/networks/premium/?token={token}"
+    first, ok1, _ = await connect(path)
+    second, ok2, _ = await connect(path)
+    assert ok1 and ok2
+    third, _, _ = await connect(path)
+    assert await close_code(third) == 4429
+    await first.disconnect()
+    replacement, ok3, _ = await connect(path)
+    assert ok3
+    await publish("premium", {"still": "works"})
+    assert json.loads(await replacement.receive_from(timeout=3)) == {"still": "works"}
+    await second.disconnect()
+    await replacement.disconnect()
