@@ -43,6 +43,9 @@ from accounts.services import (
     personal_token_create,
     personal_token_revoke,
 )
+from billing.models import Price
+from billing.services import BillingError, price_set
+from billing.stripe_gateway import BillingNotConfigured, billing_configured
 from networks.models import ApiKey, Network, UsageHour
 from networks.selectors import api_key_get_for_org, api_keys_of, network_get_for_org, networks_of
 from networks.services import (
@@ -61,6 +64,7 @@ from .forms import (
     NetworkForm,
     OrganizationForm,
     PersonalTokenForm,
+    PriceForm,
     RoleForm,
 )
 
@@ -186,7 +190,39 @@ def network_detail(request: HttpRequest, membership: Membership, slug: str) -> H
             messages.success(request, "Saved.")
             return redirect("frontend:network", org=membership.organization.slug, slug=slug)
     usage = UsageHour.objects.filter(network=network).order_by("-hour")[:48]
-    return _page(request, membership, "network.html", network=network, form=form, usage=usage)
+    return _page(
+        request,
+        membership,
+        "network.html",
+        network=network,
+        form=form,
+        usage=usage,
+        prices=Price.objects.filter(network=network, active=True),
+        price_form=PriceForm(),
+        billing_configured=billing_configured(),
+    )
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def network_price(request: HttpRequest, membership: Membership, slug: str) -> HttpResponse:
+    """Set a paid network's price (a new Stripe Price; current subscribers keep theirs)."""
+    network = network_get_for_org(organization_id=membership.organization_id, slug=slug)
+    form = PriceForm(request.POST)
+    if form.is_valid():
+        try:
+            price_set(
+                network=network,
+                interval=form.cleaned_data["interval"],
+                amount=form.cents(),
+                currency=form.cleaned_data["currency"],
+            )
+            messages.success(request, "Price saved.")
+        except (BillingError, BillingNotConfigured) as error:
+            messages.error(request, str(error))
+    else:
+        messages.error(request, "Enter an amount of at least 0.50.")
+    return redirect("frontend:network", org=membership.organization.slug, slug=slug)
 
 
 @require_POST

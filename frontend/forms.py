@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 from django.conf import settings
 
@@ -61,3 +63,12 @@ class RoleForm(forms.Form):
 
 class PersonalTokenForm(forms.Form):
     name = forms.CharField(max_length=100)
+
+
+class PriceForm(forms.Form):
+    interval = forms.ChoiceField(choices=[("month", "Monthly"), ("year", "Yearly")])
+    amount = forms.DecimalField(min_value=Decimal("0.50"), max_digits=8, decimal_places=2)
+    currency = forms.ChoiceField(choices=[("eur", "EUR"), ("usd", "USD"), ("gbp", "GBP")])
+
+    def cents(self) -> int:
+        return int(self.cleaned_data["amount"] * 100)

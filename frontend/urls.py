@@ -15,6 +15,11 @@ urlpatterns = [
         dashboard.network_archive_toggle,
         name="network-archive",
     ),
+    path(
+        "dashboard/<slug:org>/networks/<str:slug>/price/",
+        dashboard.network_price,
+        name="network-price",
+    ),
     path("dashboard/<slug:org>/keys/", dashboard.keys, name="keys"),
     path("dashboard/<slug:org>/keys/<int:key_id>/revoke/", dashboard.key_revoke, name="key-revoke"),
     path("dashboard/<slug:org>/keys/<int:key_id>/rotate/", dashboard.key_rotate, name="key-rotate"),
