@@ -178,17 +178,19 @@ def webhook_event_apply(*, event_row: WebhookEvent) -> None:
     """Apply one stored event (idempotent; an older event never overwrites a newer state)."""
     event = event_row.payload
     kind, obj = event["type"], event["data"]["object"]
+    # Every state is labelled with Stripe's clock (whole seconds). A subscription read fresh
+    # from Stripe is at least as new as the event that made us read it.
+    state_at = event_row.created
     if kind == "checkout.session.completed" and obj.get("subscription"):
-        # Read the subscription as it is now: the freshest state there is.
         fresh = stripe_gateway.subscription_retrieve(subscription_id=obj["subscription"])
-        subscription_sync(stripe_subscription=fresh, state_at=timezone.now())
+        subscription_sync(stripe_subscription=fresh, state_at=state_at)
     elif kind.startswith("customer.subscription."):
-        subscription_sync(stripe_subscription=obj, state_at=event_row.created)
+        subscription_sync(stripe_subscription=obj, state_at=state_at)
     elif kind in ("invoice.paid", "invoice.payment_failed"):
         subscription_id = _invoice_subscription_id(obj)
         if subscription_id:
             fresh = stripe_gateway.subscription_retrieve(subscription_id=subscription_id)
-            subscription_sync(stripe_subscription=fresh, state_at=timezone.now())
+            subscription_sync(stripe_subscription=fresh, state_at=state_at)
     event_row.processed_at = timezone.now()
     event_row.save(update_fields=["processed_at"])
 
@@ -246,7 +248,8 @@ def subscription_sync(*, stripe_subscription: dict[str, Any], state_at: datetime
 
 def subscriptions_reconcile() -> int:
     """Re-read every subscription from Stripe to repair missed webhooks; returns how many."""
-    now = timezone.now()
+    # One second back on Stripe's whole-second clock: an event of this very second still wins.
+    now = timezone.now().replace(microsecond=0) - timedelta(seconds=1)
     synced = 0
     for stripe_subscription in stripe_gateway.subscriptions_list(status="all"):
         try:

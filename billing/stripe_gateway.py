@@ -7,6 +7,7 @@ SDK's surface and version live in one place and tests can point it at a local fa
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from typing import Any
 
@@ -39,7 +40,8 @@ def _client() -> stripe.StripeClient:
 
 
 def _plain(obj: Any) -> dict[str, Any]:
-    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    # Round-trip through JSON: plain dicts, lists and numbers only.
+    return json.loads(str(obj)) if hasattr(obj, "to_dict") else dict(obj)
 
 
 def customer_create(*, email: str, user_id: int) -> str:
@@ -126,7 +128,7 @@ def webhook_event(*, payload: bytes, signature_header: str | None) -> dict[str, 
     if not signature_header:
         raise WebhookRejected("Missing Stripe-Signature header.")
     try:
-        event = stripe.Webhook.construct_event(
+        stripe.Webhook.construct_event(
             payload,
             signature_header,
             settings.STRIPE_WEBHOOK_SECRET,
@@ -134,4 +136,5 @@ def webhook_event(*, payload: bytes, signature_header: str | None) -> dict[str, 
         )
     except (ValueError, stripe.SignatureVerificationError) as error:
         raise WebhookRejected(str(error)) from None
-    return _plain(event)
+    # The verified bytes as plain JSON (the SDK's objects hold Decimals a JSONField refuses).
+    return json.loads(payload)
