@@ -42,11 +42,16 @@ def _local_get(key: str) -> tuple[bool, Any]:
     return True, entry[1]
 
 
-def cached_lookup(key: str, load: Callable[[], Any]) -> Any:
-    """The value under ``key`` (None for "does not exist"), loading it on a miss of both tiers."""
-    hit, value = _local_get(key)
-    if hit:
-        return value
+def cached_lookup(key: str, load: Callable[[], Any], *, local: bool = True) -> Any:
+    """The value under ``key`` (None for "does not exist"), loading it on a miss of both tiers.
+
+    ``local=False`` skips the process tier, for answers that must be fresh on every process
+    at once (a revoked listener reconnecting).
+    """
+    if local:
+        hit, value = _local_get(key)
+        if hit:
+            return value
     shared = lookup_cache().get(key)
     if shared is None:
         value = load()
@@ -54,9 +59,10 @@ def cached_lookup(key: str, load: Callable[[], Any]) -> Any:
         lookup_cache().set(key, _MISSING if value is None else value, ttl)
     else:
         value = None if shared == _MISSING else shared
-    if len(_local) >= _LOCAL_MAX_ENTRIES:
-        _local.clear()
-    _local[key] = (time.monotonic() + settings.PUBLISH_LOCAL_CACHE_SECONDS, value)
+    if local:
+        if len(_local) >= _LOCAL_MAX_ENTRIES:
+            _local.clear()
+        _local[key] = (time.monotonic() + settings.PUBLISH_LOCAL_CACHE_SECONDS, value)
     return value
 
 

@@ -217,7 +217,12 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_production_stack(tmp: Path, processes: int = 2, redis_url: str = E2E_REDIS_URL) -> Stack:
+def start_production_stack(
+    tmp: Path,
+    processes: int = 2,
+    redis_url: str = E2E_REDIS_URL,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
     """PostgreSQL + Redis channel layer, ``processes`` uvicorn servers sharing them."""
     database = postgres_database()
     database_url = database.__enter__()
@@ -229,6 +234,7 @@ def start_production_stack(tmp: Path, processes: int = 2, redis_url: str = E2E_R
             "REDIS_KEY_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
             "DEMO_API_KEY": DEMO_KEY,
             "KATIEDJ_VAR_DIR": str(tmp),
+            **(extra_env or {}),
         }
     )
     stack = Stack("production", env, [])
@@ -284,3 +290,24 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+@contextlib.contextmanager
+def celery_worker(env: dict[str, str], log_path: Path, beat: bool = False) -> Iterator[None]:
+    """A real Celery worker process (optionally with beat) for the duration of the block."""
+    command = [sys.executable, "-m", "celery", "-A", "katiedj", "worker", "--pool", "solo",
+               "-n", f"e2e-{uuid.uuid4().hex[:8]}@localhost", "--loglevel", "INFO"]  # fmt: skip
+    if beat:
+        command += ["--beat", "--schedule", str(log_path.with_suffix(".schedule"))]
+    log = log_path.open("wb")
+    worker = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
