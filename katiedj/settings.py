@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "channels",
     "allauth",
     "allauth.account",
+    "django_celery_beat",
     "katiedj",
     "accounts",
     "networks",
@@ -218,6 +219,11 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Beat reads its schedule from the database (simulations are added and removed while it runs);
+# the static entries above are synced into it at start.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# The embedded mode starts a demo simulation on sample_net (`off` to disable).
+DEMO_SIMULATION = os.environ.get("DEMO_SIMULATION", "on").lower() not in {"off", "0", "false"}
 
 # --- Publishing ------------------------------------------------------------------------
 

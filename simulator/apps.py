@@ -3,3 +3,4 @@ from django.apps import AppConfig
 
 class SimulatorConfig(AppConfig):
     name = "simulator"
+    verbose_name = "Traffic simulator"

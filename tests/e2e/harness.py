@@ -161,10 +161,12 @@ def _seed(env: dict[str, str]) -> None:
     manage(env, "create_network", "paid-net", "--org", "katiedj-demo", "--paid")
 
 
-def start_embedded_stack(tmp: Path) -> Stack:
+def start_embedded_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
     """The embedded default exactly as ``make run`` starts it: ``manage.py serve``."""
     env = base_env()
-    env.update({"KATIEDJ_VAR_DIR": str(tmp), "DEMO_API_KEY": DEMO_KEY})
+    # The demo simulation would interleave its samples with the tests' own on sample_net.
+    env.update({"KATIEDJ_VAR_DIR": str(tmp), "DEMO_API_KEY": DEMO_KEY, "DEMO_SIMULATION": "off"})
+    env.update(extra_env or {})
     port = free_port()
     server = ServerProcess(
         [sys.executable, "manage.py", "serve", "--port", str(port)], env, port, tmp / "serve.log"

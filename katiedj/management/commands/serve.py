@@ -4,6 +4,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from katiedj.periodic import start_in_process_beat
+from simulator.services import demo_simulation_ensure
 
 
 class Command(BaseCommand):
@@ -23,6 +24,9 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if not options["no_demo"]:
             call_command("bootstrap_demo", host=host, port=port, stdout=self.stdout)
+            if settings.DEMO_SIMULATION and not settings.REDIS_URL:
+                simulation = demo_simulation_ensure(network_slug=settings.DEMO_NETWORK_SLUG)
+                self.stdout.write(f"Simulation {simulation.name!r} is {simulation.status}.")
         if not settings.REDIS_URL:
             # No Celery beat without a broker: run the same schedule in this process.
             start_in_process_beat()
