@@ -144,9 +144,17 @@ def personal_token_create(
 
 
 def personal_token_revoke(*, token: PersonalToken) -> PersonalToken:
+    """Revoke a token; listening connections opened with it close within seconds.
+
+    Entitlement tokens do not say which personal token minted them, so every entitlement
+    token of the person is voided (their clients refresh with another personal token).
+    """
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        from billing.entitlement import entitlements_changed  # billing builds on accounts
+
+        entitlements_changed(user_id=token.user_id, network_ids=None)
     return token
 
 

@@ -76,8 +76,10 @@ class Subscription(models.Model):
     status = models.CharField(max_length=20, choices=SubscriptionStatus.choices)
     current_period_end = models.DateTimeField(null=True, blank=True)
     cancel_at_period_end = models.BooleanField(default=False)
-    # When the status went past_due (the grace period counts from here).
+    # When the status went past_due (the grace period counts from here), and when the grace
+    # period's end was acted on (connections closed).
     past_due_since = models.DateTimeField(null=True, blank=True)
+    grace_expired_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Creation time of the newest Stripe event applied: an older event never overwrites it.
     stripe_state_at = models.DateTimeField(null=True, blank=True)
     granted_by_admin = models.BooleanField(default=False)

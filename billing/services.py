@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -233,6 +234,7 @@ def subscription_sync(*, stripe_subscription: dict[str, Any], state_at: datetime
         row.past_due_since = timezone.now()
     elif status != SubscriptionStatus.PAST_DUE:
         row.past_due_since = None
+        row.grace_expired_at = None
     row.status = status
     row.current_period_end = _epoch(items[0].get("current_period_end"))
     row.cancel_at_period_end = bool(stripe_subscription.get("cancel_at_period_end"))
@@ -258,3 +260,28 @@ def subscriptions_reconcile() -> int:
         except BillingError:
             continue  # not one of ours (e.g. created by hand in the Stripe dashboard)
     return synced
+
+
+def expire_grace_periods() -> int:
+    """Close the connections of people whose past_due grace period just ended.
+
+    Nothing else happens at that moment (no webhook), so a periodic task looks for it.
+    Returns how many subscriptions lost their rights in this run.
+    """
+    now = timezone.now()
+    grace = timedelta(seconds=settings.BILLING_PAST_DUE_GRACE_SECONDS)
+    ended = Subscription.objects.filter(
+        status=SubscriptionStatus.PAST_DUE,
+        past_due_since__lte=now - grace,
+        grace_expired_at__isnull=True,
+    )
+    count = 0
+    for subscription in ended:
+        with transaction.atomic():
+            subscription.grace_expired_at = now
+            subscription.save(update_fields=["grace_expired_at"])
+            entitlements_changed(
+                user_id=subscription.user_id, network_ids=[subscription.network_id]
+            )
+        count += 1
+    return count

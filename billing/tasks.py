@@ -30,3 +30,9 @@ def reconcile_subscriptions() -> int:
     if not billing_configured():
         return 0
     return services.subscriptions_reconcile()
+
+
+@shared_task
+def expire_grace_periods() -> int:
+    """Past-due subscriptions whose grace ended lose their rights; their connections close."""
+    return services.expire_grace_periods()

@@ -213,6 +213,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networks.tasks.flush_key_last_used",
         "schedule": float(os.environ.get("LAST_USED_FLUSH_SECONDS", "") or 30),
     },
+    "expire-grace-periods": {"task": "billing.tasks.expire_grace_periods", "schedule": 60.0},
     "reconcile-subscriptions": {
         "task": "billing.tasks.reconcile_subscriptions",
         "schedule": float(os.environ.get("RECONCILE_SECONDS", "") or 3600),

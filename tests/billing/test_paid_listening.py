@@ -207,3 +207,35 @@ async def test_one_person_may_hold_only_so_many_connections_per_network(
     assert json.loads(await replacement.receive_from(timeout=3)) == {"still": "works"}
     await second.disconnect()
     await replacement.disconnect()
+
+
+async def test_revoking_a_personal_token_closes_connections_opened_with_it(premium, listener):
+    await sync_to_async(subscription_grant)(user=listener, network=premium)
+    token_row, secret = await sync_to_async(personal_token_create)(user=listener, name="script")
+    communicator, connected, _ = await connect(f"/ws/networks/premium/?token={secret}")
+    assert connected
+    await sync_to_async(personal_token_revoke)(token=token_row)
+    assert await close_code(communicator) == 4403
+
+
+async def test_the_end_of_a_grace_period_closes_connections(premium, listener, settings):
+    from billing.services import expire_grace_periods
+
+    settings.BILLING_PAST_DUE_GRACE_SECONDS = 3600
+    subscription = await sync_to_async(Subscription.objects.create)(
+        user=listener,
+        network=premium,
+        status=SubscriptionStatus.PAST_DUE,
+        past_due_since=timezone.now() - timedelta(minutes=59, seconds=58),
+        current_period_end=timezone.now() + timedelta(days=3),
+    )
+    token = await sync_to_async(mint)(listener)
+    communicator, connected, _ = await connect(f"/ws/networks/premium/?token={token}")
+    assert connected  # still within the grace period
+    assert await sync_to_async(expire_grace_periods)() == 0
+    await sync_to_async(Subscription.objects.filter(pk=subscription.pk).update)(
+        past_due_since=timezone.now() - timedelta(hours=2)
+    )
+    assert await sync_to_async(expire_grace_periods)() == 1
+    assert await close_code(communicator) == 4403
+    assert await sync_to_async(expire_grace_periods)() == 0  # acted on once
