@@ -5,6 +5,7 @@ from django.urls import path
 from accounts import api as accounts_api
 from billing import api as billing_api
 from networks import api as networks_api
+from simulator import api as simulator_api
 
 urlpatterns = [
     path("orgs/", accounts_api.OrganizationListView.as_view(), name="org-list"),
@@ -56,6 +57,21 @@ urlpatterns = [
         "entitlements/token",
         billing_api.EntitlementTokenView.as_view(),
         name="entitlement-token",
+    ),
+    path(
+        "orgs/<slug:org>/simulations/",
+        simulator_api.SimulationListView.as_view(),
+        name="simulation-list",
+    ),
+    path(
+        "orgs/<slug:org>/simulations/<int:simulation_id>/",
+        simulator_api.SimulationDetailView.as_view(),
+        name="simulation-detail",
+    ),
+    path(
+        "orgs/<slug:org>/simulations/<int:simulation_id>/<str:action>/",
+        simulator_api.SimulationActionView.as_view(),
+        name="simulation-action",
     ),
     path("me/tokens/", accounts_api.PersonalTokenListView.as_view(), name="token-list"),
     path(

@@ -23,6 +23,13 @@ BODIES = {
     ("/api/v1/orgs/{org}/keys/", "post"): {"name": "k", "networks": ["acme-live"]},
     ("/api/v1/orgs/{org}/keys/{key_id}/rotate/", "post"): {"grace_seconds": 60},
     ("/api/v1/me/tokens/", "post"): {"name": "script"},
+    ("/api/v1/orgs/{org}/simulations/", "post"): {
+        "name": "town",
+        "network": "acme-live",
+        "topology": "grid",
+        "topology_options": {"rows": 2, "cols": 2},
+    },
+    ("/api/v1/orgs/{org}/simulations/{simulation_id}/", "patch"): {"steps_per_publish": 2},
 }
 
 
@@ -49,6 +56,9 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
         actor=globex_owner, email=acme.owner.email, role=Role.MEMBER
     )
     token, _ = personal_token_create(user=acme.owner, name="old")
+    from simulator.models import Simulation
+
+    simulation = Simulation.objects.create(name="s", network=acme.network, topology="sample_net")
     params = {
         "org": "acme",
         "slug": "acme-live",
@@ -56,6 +66,8 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
         "member_id": member_id,
         "invitation_id": pending.pk,
         "token_id": token.pk,
+        "simulation_id": simulation.pk,
+        "action": "start",
     }
     bodies = {**BODIES, ("/api/v1/invitations/accept/", "post"): {"token": accept_token}}
 
