@@ -35,17 +35,33 @@ async def test_make_run_has_sample_net_simulating_from_the_first_start(tmp_path)
 
 
 @pytest.mark.parametrize("stack", ["production"], indirect=True)
-async def test_celery_beat_and_a_worker_step_a_started_simulation(stack, tmp_path):
+async def test_beat_and_a_worker_step_a_simulation_and_a_restart_resumes_without_gaps(
+    stack, tmp_path
+):
     network = "quiet-net"
     await asyncio.to_thread(
         manage, stack.env, "simulation", "create", "e2e-town", "--network", network,
         "--rows", "2", "--cols", "2", "--interval", "1",
     )  # fmt: skip
     await asyncio.to_thread(manage, stack.env, "simulation", "start", "e2e-town")
+    steps: list[int] = []
     try:
-        with celery_worker(stack.env, tmp_path / "worker.log", beat=True):
-            samples = await frames(stack.servers[1].ws + f"/ws/networks/{network}/", 2, 30)
+        async with websockets.connect(stack.servers[1].ws + f"/ws/networks/{network}/") as ws:
+
+            async def collect(count: int) -> None:
+                async with asyncio.timeout(40):
+                    target = len(steps) + count
+                    while len(steps) < target:
+                        sample = json.loads(await ws.recv())
+                        assert len(sample["state"]) > 8
+                        steps.append(sample["step"])
+
+            with celery_worker(stack.env, tmp_path / "worker1.log", beat=True):
+                await collect(3)
+            # The worker (and its beat) is gone; a new one resumes from the saved step.
+            with celery_worker(stack.env, tmp_path / "worker2.log", beat=True):
+                await collect(3)
     finally:
         await asyncio.to_thread(manage, stack.env, "simulation", "stop", "e2e-town")
-    assert len(samples[0]["state"]) == len(samples[1]["state"]) > 8
-    assert samples[1]["step"] > samples[0]["step"]
+    # Consecutive steps, in order: no gap and no duplicate across the restart.
+    assert steps == list(range(steps[0], steps[0] + len(steps))), steps
