@@ -151,8 +151,8 @@ def simulation_tick(*, simulation_id: int) -> int | None:
         # Measured from the end of this tick: a duplicate queued behind a slow tick is dropped.
         simulation.last_tick_at = timezone.now()
         simulation.save(update_fields=["state", "step", "sim_time", "last_tick_at"])
-        # Published after the state is saved, inside the lock: a crash before commit rolls
-        # the step back and the sample was not sent twice in order.
+        # Published once the new state is committed: a crash before the commit rolls the
+        # step back (the next tick redoes it), so a sample is never sent for a lost step.
         transaction.on_commit(lambda: message_publish(network=network, data=payload))
     return simulation.step
 
