@@ -55,3 +55,74 @@ class NewestFirstCursorPagination(CursorPagination):
     page_size = 50
     max_page_size = 200
     page_size_query_param = "page_size"
+
+
+def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Document the publish endpoint, which ``networks.ingest`` serves outside DRF."""
+    error = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+        "required": ["error", "code"],
+    }
+    result.setdefault("components", {}).setdefault("securitySchemes", {})["publisherKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A publisher API key (kdj_…); the header `API-KEY: <key>` works too.",
+    }
+    result["paths"]["/api/v1/networks/{slug}/messages"] = {
+        "post": {
+            "operationId": "v1_networks_messages_publish",
+            "summary": "Publish one sample to a network's listeners",
+            "tags": ["publish"],
+            "security": [{"publisherKey": []}],
+            "parameters": [
+                {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"data": {"type": "object"}},
+                            "required": ["data"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": {
+                    "description": "Accepted and fanned out",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "message": {"type": "string"},
+                                    "network": {"type": "string"},
+                                    "seq": {"type": "integer"},
+                                    "ts": {"type": "string", "format": "date-time"},
+                                },
+                            }
+                        }
+                    },
+                },
+                **{
+                    str(code): {
+                        "description": text,
+                        "content": {"application/json": {"schema": error}},
+                    }
+                    for code, text in [
+                        (400, "Not JSON, no data, or data not an object"),
+                        (401, "Missing, invalid, revoked or expired key"),
+                        (404, "No such network, or not one this key may publish to"),
+                        (409, "The network is archived"),
+                        (413, "Body over the size limit"),
+                        (429, "Over the key's rate limit (see Retry-After)"),
+                        (503, "Temporarily unavailable (see Retry-After)"),
+                    ]
+                },
+            },
+        }
+    }
+    return result
