@@ -330,5 +330,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
+        # One line per task would drown the console: a simulation ticks every second.
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
