@@ -287,7 +287,18 @@ def _server_timestamp() -> str:
 
 
 def _fan_out_event(message: PublishedMessage) -> dict[str, Any]:
-    return {"type": "network.message", "frame": message.frame, "seq": message.seq, "ts": message.ts}
+    # Both wire formats are built here, once per publish, never per listener.
+    envelope = (
+        f'{{"seq":{message.seq},"ts":"{message.ts}",'
+        f'"network":{json.dumps(message.network)},"data":{message.frame}}}'
+    )
+    return {
+        "type": "network.message",
+        "frame": message.frame,
+        "envelope": envelope,
+        "seq": message.seq,
+        "ts": message.ts,
+    }
 
 
 async def amessage_publish(

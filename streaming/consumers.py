@@ -51,6 +51,8 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
 
     network: NetworkInfo | None = None
     user_id: int | None = None
+    # "frame": the bare data object (the original contract); "envelope": ?format=envelope.
+    frame_key = "frame"
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
@@ -59,6 +61,8 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the server answers HTTP 403
             return
         self._inbound: list[float] = []
+        if self._query().get("format", [""])[0] == "envelope":
+            self.frame_key = "envelope"
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", []) else None
         if not network.is_public:
             refusal = await self._authorize(network)
@@ -72,8 +76,11 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(network.group_name, self.channel_name)
         await self.accept(subprotocol)
 
+    def _query(self) -> dict[str, list[str]]:
+        return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+
     def _presented_token(self) -> str | None:
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        query = self._query()
         if query.get("token"):
             return query["token"][0]
         for name, value in self.scope.get("headers", []):
@@ -144,7 +151,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def network_message(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["frame"])
+        await self.send(text_data=event[self.frame_key])
 
     async def network_archived(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_NETWORK_ARCHIVED)

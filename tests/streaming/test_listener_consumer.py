@@ -74,3 +74,21 @@ async def test_archiving_a_network_closes_its_listeners_and_refuses_new_ones():
     assert (closed["type"], closed["code"]) == ("websocket.close", 4410)
     late = WebsocketCommunicator(application, "/ws/networks/weather/")
     assert (await late.connect())[0] is False
+
+
+async def test_the_envelope_format_adds_sequence_time_and_network():
+    await sync_to_async(NetworkFactory)(slug="weather")
+    bare = WebsocketCommunicator(application, "/ws/networks/weather/")
+    enveloped = WebsocketCommunicator(application, "/ws/networks/weather/?format=envelope")
+    assert (await bare.connect())[0] and (await enveloped.connect())[0]
+    await publish("weather", {"temp": 3})
+    await publish("weather", {"temp": 4})
+    assert json.loads(await bare.receive_from(timeout=3)) == {"temp": 3}
+    first = json.loads(await enveloped.receive_from(timeout=3))
+    second = json.loads(await enveloped.receive_from(timeout=3))
+    assert first["data"] == {"temp": 3} and second["data"] == {"temp": 4}
+    assert first["network"] == "weather"
+    assert second["seq"] == first["seq"] + 1
+    assert first["ts"].endswith("Z")
+    await bare.disconnect()
+    await enveloped.disconnect()
