@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,8 +25,9 @@ from .sequence import _async_redis_client, _local_allocator, _redis_client
 
 USAGE_TTL_SECONDS = 3 * 24 * 3600
 
-# KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash
-# ARGV: rate, burst, bytes, network id, key id ("" for none), usage key name, usage TTL
+# KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash, history stream
+# ARGV: rate, burst, bytes, network id, key id ("" for none), usage key name, usage TTL,
+#       frame, timestamp, history length
 _ADMIT_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
@@ -48,6 +49,8 @@ redis.call('HINCRBY', KEYS[3], 'messages:' .. ARGV[4], 1)
 redis.call('HINCRBY', KEYS[3], 'bytes:' .. ARGV[4], tonumber(ARGV[3]))
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
 redis.call('SADD', KEYS[4], ARGV[6])
+local length = tonumber(ARGV[10])
+redis.call('XADD', KEYS[6], 'MAXLEN', length, seq .. '-0', 'f', ARGV[8], 't', ARGV[9])
 return {seq, '0'}
 """
 
@@ -75,8 +78,12 @@ def usage_key(organization_id: int, hour: int) -> str:
     return redis_key("usage", organization_id, hour)
 
 
+def history_key(network_id: int) -> str:
+    return redis_key("history", network_id)
+
+
 def _script_args(
-    network: NetworkInfo, publisher: PublisherKey | None, nbytes: int
+    network: NetworkInfo, publisher: PublisherKey | None, nbytes: int, frame: str, ts: str
 ) -> tuple[list[str], list[str]]:
     hour_key = usage_key(network.organization_id, _hour_start(time.time()))
     rate, burst = _rate(publisher) if publisher else (0, 0)
@@ -86,9 +93,11 @@ def _script_args(
         hour_key,
         redis_key("usage", "dirty"),
         redis_key("lastused"),
+        history_key(network.id),
     ]
     key_id = publisher.id if publisher else ""
-    args = [rate, burst, nbytes, network.id, key_id, hour_key, USAGE_TTL_SECONDS]
+    args = [rate, burst, nbytes, network.id, key_id, hour_key, USAGE_TTL_SECONDS, frame, ts]
+    args.append(network.history_max_messages)
     return keys, [str(a) for a in args]
 
 
@@ -100,27 +109,33 @@ def _result(reply: list) -> int:
 
 
 async def aadmit_publish(
-    *, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int
+    *, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int, frame: str, ts: str
 ) -> int:
-    """Account for one publish and return its sequence number; RateLimited if over the limit."""
+    """Account for one publish, append it to the network's history and return its sequence
+    number; RateLimited if over the limit."""
     if settings.REDIS_URL:
-        keys, args = _script_args(network, publisher, nbytes)
+        keys, args = _script_args(network, publisher, nbytes, frame, ts)
         script = _async_redis_client().register_script(_ADMIT_SCRIPT)
         return _result(await script(keys=keys, args=args))
     local.take(network, publisher, nbytes)
     seq = _local_allocator.next_without_reserving(network.id)
     if seq is None:
         seq = await sync_to_async(_local_allocator.next)(network.id)
+    local_history.append(network, seq, ts, frame)
     return seq
 
 
-def admit_publish(*, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int) -> int:
+def admit_publish(
+    *, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int, frame: str, ts: str
+) -> int:
     """``aadmit_publish`` for sync callers (tasks, commands)."""
     if settings.REDIS_URL:
-        keys, args = _script_args(network, publisher, nbytes)
+        keys, args = _script_args(network, publisher, nbytes, frame, ts)
         return _result(_redis_client().register_script(_ADMIT_SCRIPT)(keys=keys, args=args))
     local.take(network, publisher, nbytes)
-    return _local_allocator.next(network.id)
+    seq = _local_allocator.next(network.id)
+    local_history.append(network, seq, ts, frame)
+    return seq
 
 
 @dataclass
@@ -177,6 +192,50 @@ class LocalAccounting:
 
 
 local = LocalAccounting()
+
+
+class LocalHistory:
+    """The embedded mode's recent messages per network: (seq, ts, frame), oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entries: dict[int, deque[tuple[int, str, str]]] = {}
+
+    def append(self, network: NetworkInfo, seq: int, ts: str, frame: str) -> None:
+        with self._lock:
+            entries = self.entries.get(network.id)
+            if entries is None or entries.maxlen != network.history_max_messages:
+                entries = deque(entries or (), maxlen=network.history_max_messages)
+                self.entries[network.id] = entries
+            entries.append((seq, ts, frame))
+
+    def since(self, network_id: int, since: int, limit: int) -> tuple[list, int | None]:
+        with self._lock:
+            entries = list(self.entries.get(network_id, ()))
+        first = entries[0][0] if entries else None
+        return [e for e in entries if e[0] > since][:limit], first
+
+    def reset(self) -> None:
+        with self._lock:
+            self.entries.clear()
+
+
+local_history = LocalHistory()
+
+
+async def ahistory_since(
+    *, network_id: int, since: int, limit: int = 10_000
+) -> tuple[list[tuple[int, str, str]], int | None]:
+    """Messages after ``since`` (oldest first, at most ``limit``) and the oldest seq kept."""
+    if not settings.REDIS_URL:
+        return local_history.since(network_id, since, limit)
+    client = _async_redis_client()
+    key = history_key(network_id)
+    oldest = await client.xrange(key, "-", "+", count=1)
+    rows = await client.xrange(key, f"({since}-0", "+", count=limit)
+    entries = [(int(i.decode().split("-")[0]), f[b"t"].decode(), f[b"f"].decode()) for i, f in rows]
+    first = int(oldest[0][0].decode().split("-")[0]) if oldest else None
+    return entries, first
 
 
 def retry_after_header(retry_after: float) -> str:

@@ -26,6 +26,7 @@ class NetworkInfo:
     is_public: bool
     archived: bool = False
     max_message_bytes: int | None = None
+    history_max_messages: int = 1000
 
     @property
     def group_name(self) -> str:
@@ -96,6 +97,7 @@ def _load_network(slug: str) -> NetworkInfo | None:
         is_public=network.is_public,
         archived=network.is_archived,
         max_message_bytes=network.max_message_bytes,
+        history_max_messages=network.history_max_messages,
     )
 
 

@@ -286,11 +286,15 @@ def _server_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def envelope_text(*, seq: int, ts: str, network: str, frame: str) -> str:
+    """The envelope format, built around an already serialized frame."""
+    return f'{{"seq":{seq},"ts":"{ts}","network":{json.dumps(network)},"data":{frame}}}'
+
+
 def _fan_out_event(message: PublishedMessage) -> dict[str, Any]:
     # Both wire formats are built here, once per publish, never per listener.
-    envelope = (
-        f'{{"seq":{message.seq},"ts":"{message.ts}",'
-        f'"network":{json.dumps(message.network)},"data":{message.frame}}}'
+    envelope = envelope_text(
+        seq=message.seq, ts=message.ts, network=message.network, frame=message.frame
     )
     return {
         "type": "network.message",
@@ -314,13 +318,18 @@ async def amessage_publish(
     rate-limit token: PublishError 429 when the key is over its limit.
     """
     frame = _serialize_data(data)
+    ts = _server_timestamp()
     try:
         seq = await aadmit_publish(
-            network=network, publisher=publisher, nbytes=nbytes or len(frame.encode())
+            network=network,
+            publisher=publisher,
+            nbytes=nbytes or len(frame.encode()),
+            frame=frame,
+            ts=ts,
         )
     except RateLimited as limited:
         raise _rate_limited(limited.retry_after) from None
-    message = PublishedMessage(network=network.slug, seq=seq, ts=_server_timestamp(), frame=frame)
+    message = PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
     # One group_send: with Redis, one PUBLISH reaches every server process's listeners.
     await get_channel_layer().group_send(network.group_name, _fan_out_event(message))
     return message
@@ -329,7 +338,10 @@ async def amessage_publish(
 def message_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
     """``amessage_publish`` for sync callers (tasks, commands): no key, so no rate limit."""
     frame = _serialize_data(data)
-    seq = admit_publish(network=network, publisher=None, nbytes=len(frame.encode()))
-    message = PublishedMessage(network=network.slug, seq=seq, ts=_server_timestamp(), frame=frame)
+    ts = _server_timestamp()
+    seq = admit_publish(
+        network=network, publisher=None, nbytes=len(frame.encode()), frame=frame, ts=ts
+    )
+    message = PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
     async_to_sync(get_channel_layer().group_send)(network.group_name, _fan_out_event(message))
     return message

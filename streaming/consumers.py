@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -20,7 +21,9 @@ from billing.entitlement import (
     read_entitlement_token,
     user_group,
 )
+from networks.accounting import ahistory_since
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
+from networks.services import envelope_text
 
 from .connection_limits import connection_admit, connection_release
 
@@ -53,6 +56,8 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
     user_id: int | None = None
     # "frame": the bare data object (the original contract); "envelope": ?format=envelope.
     frame_key = "frame"
+    # After a ?since= replay: live messages up to this seq were already sent.
+    replayed_up_to: int | None = None
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
@@ -73,8 +78,27 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
                 return
             await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
         self.network = network
+        # Join first, replay second: live messages queue meanwhile and are deduplicated by seq.
         await self.channel_layer.group_add(network.group_name, self.channel_name)
         await self.accept(subprotocol)
+        since = self._query().get("since", [""])[0]
+        if since.isdigit():
+            await self._replay(network, int(since))
+
+    async def _replay(self, network: NetworkInfo, since: int) -> None:
+        """Send what was published after ``since`` from history, with a gap frame if needed."""
+        entries, oldest = await ahistory_since(network_id=network.id, since=since)
+        if oldest is not None and oldest > since + 1:
+            missed = oldest - since - 1
+            gap = {"type": "gap", "missed": missed, "from_seq": since + 1, "to_seq": oldest - 1}
+            await self.send(text_data=json.dumps(gap))
+        last = since
+        for seq, ts, frame in entries:
+            if self.frame_key == "envelope":
+                frame = envelope_text(seq=seq, ts=ts, network=network.slug, frame=frame)
+            await self.send(text_data=frame)
+            last = seq
+        self.replayed_up_to = last
 
     def _query(self) -> dict[str, list[str]]:
         return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -151,6 +175,10 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def network_message(self, event: dict[str, Any]) -> None:
+        if self.replayed_up_to is not None:
+            if event["seq"] <= self.replayed_up_to:
+                return  # already sent by the replay
+            self.replayed_up_to = None  # caught up: no more checks on the hot path
         await self.send(text_data=event[self.frame_key])
 
     async def network_archived(self, event: dict[str, Any]) -> None:

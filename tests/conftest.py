@@ -28,6 +28,7 @@ def _fresh_publish_state():
     lookup_cache.clear()
     reset_local_allocator()
     accounting.local.reset()
+    accounting.local_history.reset()
     connection_limits.reset_local()
     yield
     lookup_cache.clear()

@@ -101,8 +101,10 @@ def test_the_periodic_tasks_run_through_celery(publisher, api_key, network):
 
 
 def test_the_in_process_beat_runs_due_entries_only(settings):
+    from katiedj.celery import app
     from katiedj.periodic import run_due_tasks
 
+    app.loader.import_default_modules()  # as start_in_process_beat does
     schedule = settings.CELERY_BEAT_SCHEDULE
     last_run = {name: 1000.0 for name in schedule}
     assert run_due_tasks(last_run, 1001.0) == []

@@ -92,3 +92,41 @@ async def test_the_envelope_format_adds_sequence_time_and_network():
     assert first["ts"].endswith("Z")
     await bare.disconnect()
     await enveloped.disconnect()
+
+
+async def test_since_replays_what_was_missed_then_goes_live_without_duplicates():
+    await sync_to_async(NetworkFactory)(slug="weather")
+    for index in range(5):
+        await publish("weather", {"i": index})
+    # The first publish got some seq s; resume after the second one.
+    probe = WebsocketCommunicator(application, "/ws/networks/weather/?format=envelope&since=0")
+    assert (await probe.connect())[0]
+    seqs = [json.loads(await probe.receive_from(timeout=3))["seq"] for _ in range(5)]
+    await probe.disconnect()
+    assert seqs == list(range(seqs[0], seqs[0] + 5))
+
+    resumed = WebsocketCommunicator(
+        application, f"/ws/networks/weather/?format=envelope&since={seqs[1]}"
+    )
+    assert (await resumed.connect())[0]
+    await publish("weather", {"i": 5})
+    received = [json.loads(await resumed.receive_from(timeout=3)) for _ in range(4)]
+    assert [m["data"]["i"] for m in received] == [2, 3, 4, 5]
+    assert [m["seq"] for m in received] == list(range(seqs[2], seqs[2] + 4))
+    assert await resumed.receive_nothing(timeout=0.3)
+    await resumed.disconnect()
+
+
+async def test_a_since_older_than_the_history_gets_a_gap_frame_with_the_count():
+    await sync_to_async(NetworkFactory)(slug="weather", history_max_messages=3)
+    for index in range(6):
+        await publish("weather", {"i": index})
+    probe = WebsocketCommunicator(application, "/ws/networks/weather/?format=envelope&since=0")
+    assert (await probe.connect())[0]
+    gap = json.loads(await probe.receive_from(timeout=3))
+    kept = [json.loads(await probe.receive_from(timeout=3)) for _ in range(3)]
+    await probe.disconnect()
+    # Six published, three kept: seqs 1-3 are gone and said so, 4-6 are replayed.
+    assert gap == {"type": "gap", "missed": 3, "from_seq": 1, "to_seq": 3}
+    assert [m["seq"] for m in kept] == [4, 5, 6]
+    assert [m["data"]["i"] for m in kept] == [3, 4, 5]
