@@ -69,15 +69,36 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
         "scheme": "bearer",
         "description": "A publisher API key (kdj_…); the header `API-KEY: <key>` works too.",
     }
+    slug_parameter = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
     result["paths"]["/api/v1/networks/{slug}/messages"] = {
+        "get": {
+            "operationId": "v1_networks_messages_history",
+            "summary": "Recent messages, oldest first (the history ?since= replays)",
+            "description": "Public networks: anyone. Paid: a publisher key with read_history.",
+            "tags": ["publish"],
+            "security": [{"publisherKey": []}, {}],
+            "parameters": [
+                slug_parameter,
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "Messages after `since`, in the envelope format",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "404": {
+                    "description": "No such network, or not readable with this key",
+                    "content": {"application/json": {"schema": error}},
+                },
+            },
+        },
         "post": {
             "operationId": "v1_networks_messages_publish",
             "summary": "Publish one sample to a network's listeners",
             "tags": ["publish"],
             "security": [{"publisherKey": []}],
-            "parameters": [
-                {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
+            "parameters": [slug_parameter],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -123,6 +144,6 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                     ]
                 },
             },
-        }
+        },
     }
     return result

@@ -18,11 +18,20 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import redis
 
-from .accounting import retry_after_header
-from .services import PayloadTooLarge, PublishError, RateLimitedError, publish_request
+from .accounting import ahistory_since, retry_after_header
+from .models import KeyScope
+from .selectors import anetwork_get_by_slug, apublisher_key_get
+from .services import (
+    PayloadTooLarge,
+    PublishError,
+    RateLimitedError,
+    envelope_text,
+    publish_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +108,16 @@ class PublishApp:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         route = route_publish(scope["path"])
         assert route is not None, "route only publish paths here"  # noqa: S101
+        if route.rest and scope["method"] == "GET":
+            await self._history(scope, send, route)
+            return
         if scope["method"] != "POST":
             error = {"error": "Method not allowed: use POST"}
+            allow = b"POST"
             if route.rest:
                 error["code"] = "method_not_allowed"
-            await _send_json(send, 405, error, [(b"allow", b"POST")])
+                allow = b"GET, POST"
+            await _send_json(send, 405, error, [(b"allow", allow)])
             return
 
         async def read_body(limit: int) -> bytes:
@@ -143,6 +157,60 @@ class PublishApp:
             )
         else:
             await _send_json(send, 201 if route.rest else 200, message.receipt())
+
+    @staticmethod
+    async def _history(scope: Scope, send: Any, route: PublishRoute) -> None:
+        """``GET …/messages?since=&limit=``: recent messages, oldest first.
+
+        Public networks: anyone. Paid networks: a publisher key with the ``read_history``
+        scope (listeners resume over the WebSocket with ``?since=``).
+        """
+        network = await anetwork_get_by_slug(slug=route.slug or "")
+        if network is not None and not network.is_public:
+            raw_key = _rest_key(scope)
+            publisher = await apublisher_key_get(raw_key=raw_key) if raw_key else None
+            allowed = (
+                publisher is not None
+                and KeyScope.READ_HISTORY in publisher.scopes
+                and network.organization_id == publisher.organization_id
+                and network.id in publisher.network_ids
+            )
+            if not allowed:
+                network = None  # indistinguishable from a network that does not exist
+        if network is None:
+            body = {"error": "Network not found", "code": "network_not_found"}
+            await _send_json(send, 404, body)
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            since = max(0, int(query.get("since", ["0"])[0]))
+            limit = min(1000, max(1, int(query.get("limit", ["100"])[0])))
+        except ValueError:
+            body = {"error": "since and limit must be integers", "code": "invalid"}
+            await _send_json(send, 400, body)
+            return
+        entries, oldest = await ahistory_since(network_id=network.id, since=since, limit=limit)
+        # The stored frames are JSON already: splice them in rather than parse them again.
+        messages = ",".join(
+            envelope_text(seq=seq, ts=ts, network=network.slug, frame=frame)
+            for seq, ts, frame in entries
+        )
+        next_since = entries[-1][0] if entries else since
+        body = (
+            f'{{"network":{json.dumps(network.slug)},"oldest_seq":{json.dumps(oldest)},'
+            f'"next_since":{next_since},"messages":[{messages}]}}'
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     @staticmethod
     async def _send_error(send: Any, route: PublishRoute, error: PublishError) -> None:

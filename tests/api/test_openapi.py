@@ -83,10 +83,13 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
         url = path.format(**params)
         if path == "/api/v1/networks/{slug}/messages":
             # Served by the publish app with a publisher key, not a session.
-            response = AsgiTestClient().post(
-                url, data={"data": {"x": 1}}, headers={"Authorization": f"Bearer {acme.secret}"}
-            )
-            assert response.status_code == 201, response.text
+            headers = {"Authorization": f"Bearer {acme.secret}"}
+            asgi = AsgiTestClient()
+            if method == "post":
+                response = asgi.post(url, data={"data": {"x": 1}}, headers=headers)
+            else:
+                response = asgi.get(url, headers=headers)
+            assert 200 <= response.status_code < 300, response.text
             continue
         response = getattr(owner, method)(url, data=bodies.get((path, method)), format="json")
         assert 200 <= response.status_code < 300, (

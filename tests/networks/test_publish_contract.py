@@ -198,8 +198,9 @@ class TestRestPublish:
         assert response.status_code == 413
         assert response.json()["code"] == "payload_too_large"
 
-    def test_get_is_not_allowed(self, publisher, api_key, network):
-        response = publisher.get(
+    def test_other_methods_than_get_and_post_are_not_allowed(self, publisher, api_key, network):
+        response = publisher.put(
             f"/api/v1/networks/{network.slug}/messages", headers={"API-KEY": api_key.secret}
         )
         assert response.status_code == 405
+        assert response.headers["Allow"] == "GET, POST"
