@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=_positive_int, metavar="N", help="exit after N messages (default: never)"
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="after a reconnect, first receive what was published meanwhile (no losses)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="log connection events to stderr"
     )
     return parser
@@ -81,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        listener = Listener(args.url, token=args.token)
+        listener = Listener(args.url, token=args.token, resume=args.resume)
     except (InvalidURI, ValueError) as exc:
         parser.error(str(exc))
 

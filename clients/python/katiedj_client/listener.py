@@ -99,6 +99,7 @@ class Listener:
         ping_interval: float = 20.0,
         ping_timeout: float = 20.0,
         open_timeout: float = 10.0,
+        resume: bool = False,
     ) -> None:
         parse_uri(url)  # fail fast on a malformed URL instead of retrying it forever
         # Validates the backoff bounds eagerly, for the same reason.
@@ -114,6 +115,11 @@ class Listener:
         self._personal_token = token if token and token.startswith(PERSONAL_TOKEN_PREFIX) else None
         self._headers = {"Authorization": f"Bearer {token}"} if token else None
         self._entitlement: tuple[str, float] | None = None
+        # resume=True: ask for the envelope format, remember the last sequence number, and
+        # reconnect with ?since= so nothing published while disconnected is missed.
+        self.resume = resume
+        self.last_seq: int | None = None
+        self.missed = 0  # messages the server's history no longer had (gap frames)
 
         self.reconnects = 0
         self._connections = 0
@@ -256,7 +262,7 @@ class Listener:
         if self._personal_token is not None:
             headers = {"Authorization": f"Bearer {await self._entitlement_token()}"}
         return await connect(
-            self.url,
+            self._connect_url(),
             additional_headers=headers,
             open_timeout=self.open_timeout,
             ping_interval=self.ping_interval,
@@ -299,10 +305,30 @@ class Listener:
                 except ValueError:
                     logger.warning("skipping non-JSON frame from %s: %.80r", self.url, raw)
                     continue
+                if self.resume and isinstance(message, dict):
+                    if message.get("type") == "gap":
+                        self.missed += int(message.get("missed", 0))
+                        logger.warning("%s: %s message(s) no longer in history", self.url,
+                                       message.get("missed"))  # fmt: skip
+                        continue
+                    if "seq" in message and "data" in message:
+                        self.last_seq = int(message["seq"])
+                        message = message["data"]
                 yield message
         finally:
             self._ws = None
             await ws.close()
+
+    def _connect_url(self) -> str:
+        if not self.resume:
+            return self.url
+        parts = urllib.parse.urlsplit(self.url)
+        query = urllib.parse.parse_qsl(parts.query)
+        query = [(k, v) for k, v in query if k not in ("format", "since")]
+        query.append(("format", "envelope"))
+        if self.last_seq is not None:
+            query.append(("since", str(self.last_seq)))
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
     async def _entitlement_token(self) -> str:
         """A cached entitlement token with at least a minute left, else a freshly minted one."""
