@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from networks.models import Network
 
 from . import services, stripe_gateway
+from .entitlement import user_may_hear
 from .models import Interval, Price
 from .tasks import process_webhook_event
 
@@ -50,10 +51,8 @@ def network_page(request: HttpRequest, slug: str) -> HttpResponse:
             "network": network,
             "prices": [prices[i] for i in (Interval.MONTH, Interval.YEAR) if i in prices],
             "billing_configured": stripe_gateway.billing_configured(),
-            "subscribed": request.user.is_authenticated
-            and network.subscriptions.filter(
-                user=request.user, status__in=["active", "trialing", "past_due"]
-            ).exists(),
+            "subscribed": not network.is_public
+            and user_may_hear(user=request.user, network=network),
         },
     )
 

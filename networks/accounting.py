@@ -20,8 +20,9 @@ import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from .redis_clients import async_redis_client, redis_client
 from .selectors import NetworkInfo, PublisherKey
-from .sequence import _async_redis_client, _local_allocator, _redis_client
+from .sequence import local_allocator
 
 USAGE_TTL_SECONDS = 3 * 24 * 3600
 
@@ -115,12 +116,12 @@ async def aadmit_publish(
     number; RateLimited if over the limit."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
-        script = _async_redis_client().register_script(_ADMIT_SCRIPT)
+        script = async_redis_client().register_script(_ADMIT_SCRIPT)
         return _result(await script(keys=keys, args=args))
     local.take(network, publisher, nbytes)
-    seq = _local_allocator.next_without_reserving(network.id)
+    seq = local_allocator.next_without_reserving(network.id)
     if seq is None:
-        seq = await sync_to_async(_local_allocator.next)(network.id)
+        seq = await sync_to_async(local_allocator.next)(network.id)
     local_history.append(network, seq, ts, frame)
     return seq
 
@@ -131,9 +132,9 @@ def admit_publish(
     """``aadmit_publish`` for sync callers (tasks, commands)."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
-        return _result(_redis_client().register_script(_ADMIT_SCRIPT)(keys=keys, args=args))
+        return _result(redis_client().register_script(_ADMIT_SCRIPT)(keys=keys, args=args))
     local.take(network, publisher, nbytes)
-    seq = _local_allocator.next(network.id)
+    seq = local_allocator.next(network.id)
     local_history.append(network, seq, ts, frame)
     return seq
 
@@ -229,7 +230,7 @@ async def ahistory_since(
     """Messages after ``since`` (oldest first, at most ``limit``) and the oldest seq kept."""
     if not settings.REDIS_URL:
         return local_history.since(network_id, since, limit)
-    client = _async_redis_client()
+    client = async_redis_client()
     key = history_key(network_id)
     oldest = await client.xrange(key, "-", "+", count=1)
     rows = await client.xrange(key, f"({since}-0", "+", count=limit)
@@ -255,7 +256,7 @@ def flush_last_used() -> int:
     from .models import ApiKey
 
     if settings.REDIS_URL:
-        client = _redis_client()
+        client = redis_client()
         source = redis_key("lastused")
         batch = redis_key("lastused", "flushing", time.time_ns())
         try:
@@ -292,7 +293,7 @@ def rollup_usage() -> int:
     written = 0
     current = _hour_start(time.time())
     if settings.REDIS_URL:
-        client = _redis_client()
+        client = redis_client()
         dirty = redis_key("usage", "dirty")
         for raw_name in client.smembers(dirty):
             name = raw_name.decode()

@@ -13,7 +13,7 @@ from collections import defaultdict
 from django.conf import settings
 
 from networks.accounting import redis_key
-from networks.sequence import _async_redis_client
+from networks.redis_clients import async_redis_client
 
 STALE_SECONDS = 24 * 3600
 
@@ -38,7 +38,7 @@ async def connection_admit(*, user_id: int, network_id: int, connection: str) ->
     limit = settings.LISTENER_CONNECTIONS_PER_USER
     key = _key(user_id, network_id)
     if settings.REDIS_URL:
-        script = _async_redis_client().register_script(_ADMIT)
+        script = async_redis_client().register_script(_ADMIT)
         args = [time.time(), limit, STALE_SECONDS, connection]
         return bool(await script(keys=[key], args=args))
     members = _local[key]
@@ -51,7 +51,7 @@ async def connection_admit(*, user_id: int, network_id: int, connection: str) ->
 async def connection_release(*, user_id: int, network_id: int, connection: str) -> None:
     key = _key(user_id, network_id)
     if settings.REDIS_URL:
-        await _async_redis_client().zrem(key, connection)
+        await async_redis_client().zrem(key, connection)
     else:
         _local[key].discard(connection)
 
