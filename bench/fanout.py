@@ -17,9 +17,7 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,6 @@ import timeit
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,14 +34,33 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.measure import (
+    RedisStats,
+    asyncio_runner,
+    core_busy,
+    core_jiffies,
+    cpu_list,
+    distribution_ms,
+    git_commit,
+    other_processes,
+    pin_process,
+    proc_cpu_seconds,
+    proc_status_kib,
+    process_cpu_table,
+    raise_fd_limit,
+    self_cpu_seconds,
+    uvloop_available,
+)
 from tests.e2e import harness
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FRAME_PREFIX = b'{"id":'
 # Bytes of a frame around the padding: {"id":123456,"t":1234567890.123456,"pad":""}
 FRAME_OVERHEAD = 48
 WARMUP_ID = -1
 NOT_SENT = "not sent (window over)"
+# Our own Redis db (the e2e tests use 10, `make test` 9): runs never touch others' keys.
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+STACKS = ("production", "embedded", "raw")
 
 
 # --- Configuration ------------------------------------------------------------------------
@@ -66,25 +82,20 @@ class Config:
     compression: str
     connect_concurrency: int
     connect_timeout: float
+    source_addresses: int
     publish_connections: int
     post_timeout: float
     drain_max: float
     drain_stall: float
     debug: bool
     loop: str
+    redis_url: str
     json_path: str | None
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """Command-line options to a Config."""
-    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
-    parser.add_argument("--listeners", type=int, required=True, help="WebSocket listeners")
-    parser.add_argument("--rate", type=float, required=True, help="published messages/s")
-    parser.add_argument("--duration", type=float, required=True, help="publish seconds")
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``bench.fanout`` and ``bench.targets`` (same meaning in both)."""
     parser.add_argument("--payload-bytes", type=int, default=1024, help="frame size (~bytes)")
-    parser.add_argument("--network", default="sample_net", help="network slug (demo key's)")
-    parser.add_argument("--stack", choices=["production", "embedded"], default="production")
-    parser.add_argument("--processes", type=int, default=1, help="server processes")
     parser.add_argument("--server-cpus", default="0", help="taskset list for the servers")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for this load process")
     parser.add_argument("--no-pin", action="store_true", help="pin neither server nor client")
@@ -94,25 +105,52 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default="deflate",
         help="permessage-deflate offered by listeners (browsers offer it; default)",
     )
-    parser.add_argument("--connect-concurrency", type=int, default=50)
     parser.add_argument("--connect-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--source-addresses",
+        type=int,
+        default=1,
+        help="spread listeners over 127.0.0.1..N (ephemeral ports are per source address)",
+    )
     parser.add_argument("--publish-connections", type=int, default=32, help="keep-alive pool")
     parser.add_argument("--post-timeout", type=float, default=30.0)
-    parser.add_argument("--drain-max", type=float, help="drain cap, s (default max(5, S))")
     parser.add_argument("--drain-stall", type=float, default=3.0, help="stop after s idle")
     parser.add_argument("--debug", action="store_true", help="servers with DEBUG=true")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--redis-url", default=BENCH_REDIS_URL, help="Redis for the production stack"
+    )
     parser.add_argument("--json", dest="json_path", help="write the report here")
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Command-line options to a Config."""
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--listeners", type=int, required=True, help="WebSocket listeners")
+    parser.add_argument("--rate", type=float, required=True, help="published messages/s")
+    parser.add_argument("--duration", type=float, required=True, help="publish seconds")
+    parser.add_argument("--network", default="sample_net", help="network slug (demo key's)")
+    parser.add_argument(
+        "--stack",
+        "--target",
+        choices=STACKS,
+        default="production",
+        help="KatieDJ as deployed, the embedded default, or the raw websockets yardstick",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="server processes")
+    parser.add_argument("--connect-concurrency", type=int, default=50)
+    parser.add_argument("--drain-max", type=float, help="drain cap, s (default max(5, S))")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.listeners < 1 or args.rate <= 0 or args.duration <= 0:
         parser.error("--listeners, --rate and --duration must be positive")
-    if args.stack == "embedded" and args.processes != 1:
-        parser.error("the embedded stack is one process")
-    if args.loop == "uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            args.loop = "asyncio"
+    if args.stack in ("embedded", "raw") and args.processes != 1:
+        parser.error(f"the {args.stack} stack is one process")
+    return config_from(args)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """A Config from parsed options; pinning only where taskset and two cores exist."""
     pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
     return Config(
         listeners=args.listeners,
@@ -127,26 +165,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
         compression=args.compression,
         connect_concurrency=args.connect_concurrency,
         connect_timeout=args.connect_timeout,
+        source_addresses=max(1, args.source_addresses),
         publish_connections=args.publish_connections,
         post_timeout=args.post_timeout,
         drain_max=args.drain_max if args.drain_max is not None else max(5.0, args.duration),
         drain_stall=args.drain_stall,
         debug=args.debug,
-        loop=args.loop,
+        loop=args.loop if args.loop == "asyncio" or uvloop_available() else "asyncio",
+        redis_url=args.redis_url,
         json_path=args.json_path,
     )
 
 
 # --- Processes ----------------------------------------------------------------------------
-
-
-def cpu_list(spec: str) -> set[int]:
-    """``"0"``, ``"0,2"`` or ``"0-3"`` to a set of cores."""
-    cores: set[int] = set()
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        cores.update(range(int(low), int(high or low) + 1))
-    return cores
 
 
 def server_cores(cfg: Config) -> int:
@@ -156,169 +187,102 @@ def server_cores(cfg: Config) -> int:
     return min(cfg.processes, os.cpu_count() or 1)
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU of every thread of ``pid`` (stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    """A ``kB`` line of /proc/<pid>/status, e.g. VmRSS or VmHWM."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def self_cpu_seconds() -> float:
-    """CPU used so far by this load process (all threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def core_jiffies() -> dict[str, tuple[int, int]]:
-    """(busy, total) jiffies per ``cpu``/``cpuN`` line of /proc/stat."""
-    result: dict[str, tuple[int, int]] = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        if not line.startswith("cpu"):
-            break
-        name, *values = line.split()
-        numbers = [int(value) for value in values[:8]]
-        idle = numbers[3] + numbers[4]
-        result[name] = (sum(numbers) - idle, sum(numbers))
-    return result
-
-
-def core_busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict:
-    """Busy fraction of each core between two ``core_jiffies`` snapshots."""
-    busy: dict[str, float] = {}
-    for name, (busy1, total1) in after.items():
-        busy0, total0 = before.get(name, (0, 0))
-        if total1 > total0:
-            busy[name] = round((busy1 - busy0) / (total1 - total0), 3)
-    return busy
-
-
-def process_cpu_table() -> dict[int, tuple[str, float]]:
-    """CPU seconds of every process, by pid, with its command name."""
-    table: dict[int, tuple[str, float]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                fields = stat.rsplit(")", 1)[1].split()
-                table[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
-    return table
-
-
-def other_processes(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], mine: set[int]
-) -> dict[str, float]:
-    """The busiest processes besides server and client between two snapshots (>= 0.1 s)."""
-    used: Counter[str] = Counter()
-    for pid, (name, seconds) in after.items():
-        if pid not in mine:
-            used[f"{name}[{pid}]"] += seconds - before.get(pid, (name, 0.0))[1]
-    return {name: round(seconds, 2) for name, seconds in used.most_common(5) if seconds >= 0.1}
-
-
-def pin_process(pid: int, cores: set[int]) -> None:
-    """Pin every existing thread of ``pid``; threads they start inherit the mask."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(tid), cores)
-
-
-def raise_fd_limit() -> None:
-    """Soft open-files limit up to the hard one (server processes inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 # The benchmark measures fan-out, not the per-key rate limiter (default 50 msg/s).
 BENCH_ENV = {"PUBLISH_RATE_PER_SECOND": "1000000"}
 
 
+@dataclass
+class RawServerProcess(harness.ServerProcess):
+    """``bench.raw_broadcast``: WebSockets on ``port``, publishing on ``http_port``."""
+
+    http_port: int = 0
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+def pinned(cfg: Config, command: list[str]) -> list[str]:
+    """``command`` under ``taskset`` on the server cores, when pinning."""
+    if cfg.server_cpus is None:
+        return command
+    return ["taskset", "-c", cfg.server_cpus, *command]
+
+
+def start_servers(cfg: Config, stack: harness.Stack, tmp: Path, count: int) -> None:
+    """Stop the stack's servers and start ``count`` fresh ones, pinned (production or raw).
+
+    Fresh processes start each measurement from a cold cache and an unfragmented heap, so
+    memory per connection is not blurred by an earlier run on the same process.
+    """
+    for server in stack.servers:
+        server.stop()
+    stack.servers.clear()
+    for index in range(count):
+        port = harness.free_port()
+        log = tmp / f"bench-{stack.name}{index}-{port}.log"
+        server: harness.ServerProcess
+        if stack.name == "raw":
+            http_port = harness.free_port()
+            command = [sys.executable, "-m", "bench.raw_broadcast", "--port", str(port),
+                       "--http-port", str(http_port), "--key", stack.demo_key,
+                       "--loop", cfg.loop]  # fmt: skip
+            server = RawServerProcess(pinned(cfg, command), stack.env, port, log)
+            server.http_port = http_port
+        else:
+            server = harness.ServerProcess(
+                pinned(cfg, harness.uvicorn_command(port)), stack.env, port, log
+            )
+        stack.servers.append(server)
+        server.start()
+
+
 def start_stack(cfg: Config, tmp: Path) -> harness.Stack:
-    """The stack under test; production servers run pinned via ``taskset``."""
-    if cfg.stack == "embedded":
+    """The stack under test; production and raw servers run pinned via ``taskset``."""
+    if cfg.stack == "raw":
+        env = {**harness.base_env(), "DEBUG": "false"}
+        stack = harness.Stack("raw", env, [], demo_key="raw-" + uuid.uuid4().hex)
+    elif cfg.stack == "embedded":
         stack = harness.start_embedded_stack(tmp, BENCH_ENV)
         if cfg.server_cpus is not None:
             for server in stack.servers:
                 assert server.process is not None
                 pin_process(server.process.pid, cpu_list(cfg.server_cpus))
         return stack
-    missing = harness.production_services_available()
-    if missing:
-        raise SystemExit(missing)
-    stack = harness.start_production_stack(tmp, processes=0, extra_env=BENCH_ENV)
-    try:
-        env = dict(stack.env)
+    else:
+        missing = harness.production_services_available()
+        if missing:
+            raise SystemExit(missing)
+        stack = harness.start_production_stack(
+            tmp, processes=0, redis_url=cfg.redis_url, extra_env=BENCH_ENV
+        )
         if not cfg.debug:
-            env.update({"DEBUG": "false", "SECRET_KEY": uuid.uuid4().hex * 2})
-        for index in range(cfg.processes):
-            port = harness.free_port()
-            command = harness.uvicorn_command(port)
-            if cfg.server_cpus is not None:
-                command = ["taskset", "-c", cfg.server_cpus, *command]
-            server = harness.ServerProcess(command, env, port, tmp / f"bench-web{index}.log")
-            stack.servers.append(server)
-            server.start()
+            stack.env.update({"DEBUG": "false", "SECRET_KEY": uuid.uuid4().hex * 2})
+    try:
+        start_servers(cfg, stack, tmp, cfg.processes)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-class RedisStats:
-    """CPU seconds, connections accepted and commands run by Redis (INFO), or None."""
-
-    def __init__(self, url: str | None) -> None:
-        self.client: Any = None
-        if url:
-            import redis
-
-            self.client = redis.Redis.from_url(url, socket_timeout=3)
-
-    def sample(self) -> tuple[float, int, int] | None:
-        if self.client is None:
-            return None
-        try:
-            info = self.client.info()
-        except Exception:
-            return None
-        return (
-            float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
-            int(info["total_connections_received"]),
-            int(info["total_commands_processed"]),
-        )
-
-    @staticmethod
-    def delta(
-        before: tuple[float, int, int] | None, after: tuple[float, int, int] | None
-    ) -> dict[str, float] | None:
-        if before is None or after is None:
-            return None
-        return {
-            "cpu_s": round(after[0] - before[0], 3),
-            "connections_opened": after[1] - before[1],
-            "commands": after[2] - before[2] - 1,  # minus the first INFO
-        }
-
-
 # --- Listeners ----------------------------------------------------------------------------
 
 
 class Tally:
-    """Frames received across all listeners, for the drain's progress check."""
+    """Frames received across all listeners, for the drain's progress check.
 
-    __slots__ = ("received", "warmup")
+    Ids below ``first_id`` belong to the warm-up (negative) or to an earlier publish window
+    (``stale``): a session may run several windows on the same sockets.
+    """
+
+    __slots__ = ("first_id", "received", "stale", "warmup")
 
     def __init__(self) -> None:
         self.received = 0
         self.warmup = 0
+        self.stale = 0
+        self.first_id = 0
 
 
 class Listener:
@@ -356,8 +320,11 @@ async def listen(listener: Listener, tally: Tally) -> None:
             frame = await recv(decode=False)
             received_at = now()
             message_id, sent_at = parse_frame(frame)
-            if message_id < 0:
-                tally.warmup += 1
+            if message_id < tally.first_id:
+                if message_id < 0:
+                    tally.warmup += 1
+                else:
+                    tally.stale += 1
                 continue
             add_id(message_id)
             add_latency(received_at - sent_at)
@@ -383,12 +350,20 @@ class ConnectResult:
 
 
 async def open_listeners(cfg: Config, urls: list[str]) -> ConnectResult:
-    """Open ``cfg.listeners`` WebSockets, ``connect_concurrency`` at a time, spread over urls."""
+    """Open ``cfg.listeners`` WebSockets, ``connect_concurrency`` at a time, spread over urls.
+
+    Listener i connects to ``urls[i % len(urls)]`` (one URL per server process, or one per
+    listener when each carries its own token) from 127.0.0.(1 + i % source_addresses).
+    """
     gate = asyncio.Semaphore(cfg.connect_concurrency)
     failures: Counter[str] = Counter()
     durations: list[float] = []
 
     async def one(index: int) -> Listener | None:
+        extra: dict[str, Any] = {}
+        if cfg.source_addresses > 1:
+            # Each source address has its own ~28k ephemeral ports towards one server port.
+            extra["local_addr"] = (f"127.0.0.{1 + index % cfg.source_addresses}", 0)
         async with gate:
             started = time.perf_counter()
             try:
@@ -398,6 +373,7 @@ async def open_listeners(cfg: Config, urls: list[str]) -> ConnectResult:
                     ping_interval=None,  # never let a busy client drop a slow server
                     close_timeout=2,
                     compression="deflate" if cfg.compression == "deflate" else None,
+                    **extra,
                 )
             except Exception as error:
                 failures[describe_error(error)] += 1
@@ -445,6 +421,8 @@ class PublishLog:
     started: float = 0.0  # wall clock of the first due time
     finished: float = 0.0  # wall clock when the last POST ended
     cutoff: float = 0.0  # wall clock when the drain ended: later frames do not count
+    first_id: int = 0  # ids of this window are first_id, first_id + 1, ...
+    scheduled: int = 0
 
 
 class Publisher:
@@ -508,11 +486,11 @@ class Publisher:
             log.queue_wait.append(now - due)
             await self.post(client, message_id, log)
 
-    async def run(self) -> PublishLog:
+    async def run(self, rate: float, duration: float, first_id: int = 0) -> PublishLog:
         """Open loop: message i is due at start + i/rate whatever happened to the others."""
-        log = PublishLog()
-        total = round(self.cfg.rate * self.cfg.duration)
-        interval = 1.0 / self.cfg.rate
+        total = round(rate * duration)
+        log = PublishLog(first_id=first_id, scheduled=total)
+        interval = 1.0 / rate
         queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
         origin = time.perf_counter() + 0.01
         log.started = time.time() + 0.01
@@ -521,14 +499,14 @@ class Publisher:
             asyncio.create_task(self.worker(client, queue, log, stop_sending))
             for client in self.clients
         ]
-        for message_id in range(total):
-            due = origin + message_id * interval
+        for index in range(total):
+            due = origin + index * interval
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             log.schedule_lag.append(time.perf_counter() - due)
-            log.due_at[message_id] = log.started + message_id * interval
-            queue.put_nowait((message_id, due))
+            log.due_at[first_id + index] = log.started + index * interval
+            queue.put_nowait((first_id + index, due))
         for _ in workers:
             queue.put_nowait(None)
         _, pending = await asyncio.wait(workers, timeout=self.cfg.post_timeout + 5)
@@ -574,38 +552,24 @@ async def drain(cfg: Config, tally: Tally, expected: int) -> Drain:
     return Drain(end_time - started, reason, tail)
 
 
-def percentile(ordered: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of an ascending list."""
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+def deliveries(
+    listeners: list[Listener], log: PublishLog, starts: list[int] | None = None
+) -> dict[str, Any]:
+    """Count delivered, duplicated, reordered and unexpected frames; latency percentiles.
 
-
-def distribution_ms(values: list[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 2)
-
-    return {
-        "p50": ms(percentile(ordered, 0.50)),
-        "p90": ms(percentile(ordered, 0.90)),
-        "p99": ms(percentile(ordered, 0.99)),
-        "max": ms(ordered[-1] if ordered else None),
-    }
-
-
-def deliveries(listeners: list[Listener], log: PublishLog) -> dict[str, Any]:
-    """Count delivered, duplicated, reordered and unexpected frames; latency percentiles."""
+    ``starts[i]``: how many ids listener i had recorded before this window began.
+    """
     delivered = duplicates = reordered = unexpected = in_window = late = 0
     latencies: list[float] = []
     from_due: list[float] = []
     last_received = 0.0
     accepted, sent_at, due_at = log.accepted, log.sent_at, log.due_at
-    for listener in listeners:
+    for number, listener in enumerate(listeners):
         seen: set[int] = set()
         previous = -1
-        for message_id, latency in zip(listener.ids, listener.latencies, strict=True):
+        start = starts[number] if starts else 0
+        ids, received_after = listener.ids[start:], listener.latencies[start:]
+        for message_id, latency in zip(ids, received_after, strict=True):
             if message_id in seen:
                 duplicates += 1
                 continue
@@ -671,104 +635,220 @@ class ServerProbe:
         return sum(proc_status_kib(pid, "VmHWM") for pid in self.pids)
 
 
-async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
-    """Connect, warm up, publish, drain, measure; always closes the listeners."""
-    probe = ServerProbe(stack)
-    redis_stats = RedisStats(stack.env.get("REDIS_URL"))
-    ws_urls = [f"{server.ws}/ws/networks/{cfg.network}/" for server in stack.servers]
-    http_urls = [f"{server.http}/api/publish" for server in stack.servers]
-    result: dict[str, Any] = {"server_pids": probe.pids}
-    rss_idle = probe.rss_kib()
-    cpu_before_connect, redis_before_connect = probe.cpu(), redis_stats.sample()
+@dataclass
+class Window:
+    """One publish window as measured, before it is counted (see ``Session.summarize``)."""
 
-    connected = await open_listeners(cfg, ws_urls)
-    listeners = connected.listeners
-    tally = Tally()
-    tasks = [asyncio.create_task(listen(item, tally)) for item in listeners]
-    rss_connected = probe.rss_kib()
-    result["connect"] = {
-        "requested": cfg.listeners,
-        "connected": len(listeners),
-        "failed": sum(connected.failures.values()),
-        "failures": dict(connected.failures),
-        "seconds": round(connected.seconds, 3),
-        "per_connection_ms": distribution_ms(connected.durations),
-        "server_cpu_s": round(probe.cpu() - cpu_before_connect, 3),
-        "redis": RedisStats.delta(redis_before_connect, redis_stats.sample()),
-    }
-    result["server_rss_kib"] = {
-        "before_listeners": rss_idle,
-        "after_connect": rss_connected,
-        "per_listener": round((rss_connected - rss_idle) / len(listeners), 1) if listeners else 0,
-    }
-    publisher = Publisher(cfg, http_urls, stack.demo_key)
-    try:
-        # Warm-up: caches filled, every subscription proven live; not measured.
-        warmup_status = await publisher.post(publisher.clients[0], WARMUP_ID, PublishLog())
-        for _ in range(300):  # up to 15 s
-            if tally.warmup >= len(listeners):
+    log: PublishLog
+    starts: list[int]
+    expected: int
+    drained: Drain
+    wall: float
+    server_cpu: float
+    client_cpu: float
+    redis: dict[str, float] | None
+    machine: dict[str, Any]
+    rss_end: int
+    rss_peak: int
+
+
+class Session:
+    """Listeners connected to one stack, measured over one or more publish windows.
+
+    ``bench.fanout`` runs one window; ``bench.targets`` reuses the same sockets for a rate
+    ramp. Server pids are read when the session starts, so restart servers between sessions.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        stack: harness.Stack,
+        ws_urls: list[str] | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stack = stack
+        self.probe = ServerProbe(stack)
+        self.redis_stats = RedisStats(stack.env.get("REDIS_URL"))
+        self.ws_urls = ws_urls or [
+            f"{server.ws}/ws/networks/{cfg.network}/" for server in stack.servers
+        ]
+        http_urls = [f"{server.http}/api/publish" for server in stack.servers]
+        self.publisher = Publisher(cfg, http_urls, key or stack.demo_key)
+        self.listeners: list[Listener] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.tally = Tally()
+        self.next_id = 0
+
+    async def connect(self) -> dict[str, Any]:
+        """Open the listeners; the ``connect`` and ``server_rss_kib`` report sections."""
+        probe = self.probe
+        rss_idle = probe.rss_kib()
+        cpu_before, redis_before = probe.cpu(), self.redis_stats.sample()
+        connected = await open_listeners(self.cfg, self.ws_urls)
+        self.listeners = connected.listeners
+        self.tasks = [asyncio.create_task(listen(item, self.tally)) for item in self.listeners]
+        rss_connected = probe.rss_kib()
+        count = len(self.listeners)
+        return {
+            "server_pids": probe.pids,
+            "connect": {
+                "requested": self.cfg.listeners,
+                "connected": count,
+                "failed": sum(connected.failures.values()),
+                "failures": dict(connected.failures),
+                "seconds": round(connected.seconds, 3),
+                "per_connection_ms": distribution_ms(connected.durations),
+                "server_cpu_s": round(probe.cpu() - cpu_before, 3),
+                "redis": RedisStats.delta(redis_before, self.redis_stats.sample()),
+            },
+            "server_rss_kib": {
+                "before_listeners": rss_idle,
+                "after_connect": rss_connected,
+                "per_listener": round((rss_connected - rss_idle) / count, 1) if count else 0,
+            },
+        }
+
+    async def warm_up(self, wait: float = 15.0) -> dict[str, Any]:
+        """Publish one unmeasured message and wait until every open listener has it.
+
+        Caches get warm and every subscription is proven live (or, for idle and paid
+        connects, this is the check that every socket really joined its network).
+        """
+        self.tally.warmup = 0
+        started = time.perf_counter()
+        status = await self.publisher.post(self.publisher.clients[0], WARMUP_ID, PublishLog())
+        for _ in range(round(wait / 0.05)):
+            if self.tally.warmup >= self.open_count():
                 break
             await asyncio.sleep(0.05)
-        result["warmup"] = {"status": warmup_status, "delivered": tally.warmup}
-        await asyncio.sleep(0.5)
+        return {
+            "status": status,
+            "delivered": self.tally.warmup,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
 
+    def open_count(self) -> int:
+        """Listeners the server has not closed."""
+        return sum(1 for item in self.listeners if item.closed_by_peer is None)
+
+    async def publish_window(self, rate: float, duration: float) -> Window:
+        """Publish open-loop at ``rate`` for ``duration`` s, drain, take the CPU accounting."""
+        tally, probe = self.tally, self.probe
+        first_id = self.next_id
+        self.next_id += round(rate * duration)
+        tally.first_id, tally.received = first_id, 0
+        starts = [len(item.ids) for item in self.listeners]
         server_cpu0, client_cpu0 = probe.cpu(), self_cpu_seconds()
-        redis0 = redis_stats.sample()
+        redis0 = self.redis_stats.sample()
         cores0, processes0 = core_jiffies(), process_cpu_table()
         wall0 = time.perf_counter()
-        log = await publisher.run()
-        expected = len(listeners) * len(log.accepted)
-        drained = await drain(cfg, tally, expected)
+        log = await self.publisher.run(rate, duration, first_id)
+        expected = len(self.listeners) * len(log.accepted)
+        drained = await drain(self.cfg, tally, expected)
         log.cutoff = time.time()
         wall = time.perf_counter() - wall0
-        server_cpu = probe.cpu() - server_cpu0
-        client_cpu = self_cpu_seconds() - client_cpu0
-        redis1 = redis_stats.sample()
-        cores1, processes1 = core_jiffies(), process_cpu_table()
-        rss_end, rss_peak = probe.rss_kib(), probe.peak_kib()
-    finally:
-        await publisher.aclose()
-        await close_listeners(listeners, tasks)
+        return Window(
+            log=log,
+            starts=starts,
+            expected=expected,
+            drained=drained,
+            wall=wall,
+            server_cpu=probe.cpu() - server_cpu0,
+            client_cpu=self_cpu_seconds() - client_cpu0,
+            redis=RedisStats.delta(redis0, self.redis_stats.sample()),
+            machine={
+                "core_busy": core_busy(cores0, core_jiffies()),
+                "busiest_other_processes": other_processes(
+                    processes0, process_cpu_table(), {*probe.pids, os.getpid()}
+                ),
+                "loadavg": [round(value, 2) for value in os.getloadavg()],
+            },
+            rss_end=probe.rss_kib(),
+            rss_peak=probe.peak_kib(),
+        )
 
-    counted = deliveries(listeners, log)
-    delivered = counted["delivered"]
-    result["publish"] = {
-        "scheduled": round(cfg.rate * cfg.duration),
-        "accepted_200": len(log.accepted),
-        "errors": sum(n for status, n in log.statuses.items() if status not in ("200", NOT_SENT)),
-        "unanswered": len(log.sent_at)
-        - sum(n for status, n in log.statuses.items() if status != NOT_SENT),
-        "statuses": dict(log.statuses),
-        "post_ms": distribution_ms(log.post_seconds),
-        "schedule_lag_ms": distribution_ms(log.schedule_lag),
-        "queue_wait_ms": distribution_ms(log.queue_wait),
-        "sent": len(log.sent_at),
-        "seconds": round(log.finished - log.started, 3),
-    }
-    result["expected"] = expected
-    result["deliveries"] = {**counted, "lost": expected - delivered}
-    result["drain"] = asdict(drained)
-    result["dropped_listeners"] = dict(
-        Counter(item.closed_by_peer for item in listeners if item.closed_by_peer)
-    )
-    result["cpu"] = {
-        "window_s": round(wall, 3),
-        "server_s": round(server_cpu, 3),
-        "server_util": round(server_cpu / wall / server_cores(cfg), 3),
-        "server_us_per_delivery": round(server_cpu / delivered * 1e6, 1) if delivered else None,
-        "client_s": round(client_cpu, 3),
-        "client_util": round(client_cpu / wall, 3),
-        "client_us_per_delivery": round(client_cpu / delivered * 1e6, 1) if delivered else None,
-    }
-    result["redis"] = RedisStats.delta(redis0, redis1)
-    result["machine_during_window"] = {
-        "core_busy": core_busy(cores0, cores1),
-        "busiest_other_processes": other_processes(
-            processes0, processes1, {*probe.pids, os.getpid()}
-        ),
-        "loadavg": [round(value, 2) for value in os.getloadavg()],
-    }
-    result["server_rss_kib"].update({"end": rss_end, "peak": rss_peak})
+    async def settle(self, quiet: float = 1.0, cap: float = 60.0) -> None:
+        """Wait until no frame arrived for ``quiet`` s, so a backlog cannot leak onward."""
+        started = last_change = time.perf_counter()
+        seen = self.frames_seen()
+        while (now := time.perf_counter()) - last_change < quiet and now - started < cap:
+            await asyncio.sleep(0.1)
+            if (count := self.frames_seen()) != seen:
+                seen, last_change = count, time.perf_counter()
+
+    def frames_seen(self) -> int:
+        return self.tally.received + self.tally.stale + self.tally.warmup
+
+    def summarize(self, window: Window) -> dict[str, Any]:
+        """The ``publish``, ``deliveries``, ``cpu`` … report sections of one window."""
+        log, cfg = window.log, self.cfg
+        counted = deliveries(self.listeners, log, window.starts)
+        delivered = counted["delivered"]
+        wall, server_cpu, client_cpu = window.wall, window.server_cpu, window.client_cpu
+        not_sent = log.statuses.get(NOT_SENT, 0)
+        return {
+            "publish": {
+                "scheduled": log.scheduled,
+                "accepted_200": len(log.accepted),
+                "errors": sum(
+                    n for status, n in log.statuses.items() if status not in ("200", NOT_SENT)
+                ),
+                "unanswered": len(log.sent_at) - (sum(log.statuses.values()) - not_sent),
+                "statuses": dict(log.statuses),
+                "post_ms": distribution_ms(log.post_seconds),
+                "schedule_lag_ms": distribution_ms(log.schedule_lag),
+                "queue_wait_ms": distribution_ms(log.queue_wait),
+                "sent": len(log.sent_at),
+                "seconds": round(log.finished - log.started, 3),
+            },
+            "expected": window.expected,
+            "deliveries": {
+                **counted,
+                "lost": window.expected - delivered,
+                "from_earlier_windows": self.tally.stale,
+            },
+            "drain": asdict(window.drained),
+            "dropped_listeners": dict(
+                Counter(item.closed_by_peer for item in self.listeners if item.closed_by_peer)
+            ),
+            "cpu": {
+                "window_s": round(wall, 3),
+                "server_s": round(server_cpu, 3),
+                "server_util": round(server_cpu / wall / server_cores(cfg), 3),
+                "server_us_per_delivery": (
+                    round(server_cpu / delivered * 1e6, 1) if delivered else None
+                ),
+                "client_s": round(client_cpu, 3),
+                "client_util": round(client_cpu / wall, 3),
+                "client_us_per_delivery": (
+                    round(client_cpu / delivered * 1e6, 1) if delivered else None
+                ),
+            },
+            "redis": window.redis,
+            "machine_during_window": window.machine,
+            "server_rss_end_kib": {"end": window.rss_end, "peak": window.rss_peak},
+        }
+
+    async def close(self) -> None:
+        await self.publisher.aclose()
+        await close_listeners(self.listeners, self.tasks)
+
+
+async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
+    """Connect, warm up, publish, drain, measure; always closes the listeners."""
+    session = Session(cfg, stack)
+    try:
+        result = await session.connect()
+        # Warm-up: caches filled, every subscription proven live; not measured.
+        result["warmup"] = await session.warm_up()
+        await asyncio.sleep(0.5)
+        window = await session.publish_window(cfg.rate, cfg.duration)
+    finally:
+        await session.close()
+    # Counted after closing, as frames still arriving count as "arrived after the drain".
+    result.update(session.summarize(window))
+    result["server_rss_kib"].update(result.pop("server_rss_end_kib"))
     return result
 
 
@@ -784,20 +864,6 @@ def server_log_problems(stack: harness.Stack) -> dict[str, int]:
                 if "Traceback" in line or " ERROR " in line or line.startswith("ERROR"):
                     problems[line.strip()[:120]] += 1
     return dict(problems.most_common(10))
-
-
-def git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=harness.REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        return done.stdout.strip() or None
-    return None
 
 
 def fmt(value: Any) -> str:
@@ -871,27 +937,16 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(f"{label.ljust(width)}  {fmt(value)}" for label, value in rows)
 
 
-def asyncio_runner(loop: str) -> Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]]:
-    """Run a coroutine on uvloop or the stock loop."""
-    factory = None
-    if loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-
-    def execute(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-
-    return execute
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+def prepare_load_process(cfg: Config) -> None:
+    """Pin this process to the client core; open-files limit up (servers inherit it)."""
     if cfg.client_cpu is not None:
         os.sched_setaffinity(0, {cfg.client_cpu})
     raise_fd_limit()
-    report: dict[str, Any] = {
+
+
+def report_header(program: str, cfg: Config) -> dict[str, Any]:
+    """Date, machine, commit, command line and configuration of a run."""
+    return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
@@ -899,10 +954,16 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "git_commit": git_commit(),
-        "command": " ".join(["python -m bench.fanout", *sys.argv[1:]]),
+        "command": " ".join([f"python -m {program}", *sys.argv[1:]]),
         "config": asdict(cfg),
         "parse_cost": measure_parse_cost(cfg.payload_bytes),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    prepare_load_process(cfg)
+    report = report_header("bench.fanout", cfg)
     tmp = Path(tempfile.mkdtemp(prefix="katiedj-bench-"))
     stack: harness.Stack | None = None
     try:
