@@ -13,8 +13,9 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 from asgiref.sync import sync_to_async
@@ -26,9 +27,10 @@ from .sequence import local_allocator
 
 USAGE_TTL_SECONDS = 3 * 24 * 3600
 
-# KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash, history stream
+# KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash, history stream,
+#       fan-out channel
 # ARGV: rate, burst, bytes, network id, key id ("" for none), usage key name, usage TTL,
-#       frame, timestamp, history length
+#       frame, timestamp, history length, publish time (epoch seconds)
 _ADMIT_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
@@ -52,6 +54,8 @@ redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
 redis.call('SADD', KEYS[4], ARGV[6])
 local length = tonumber(ARGV[10])
 redis.call('XADD', KEYS[6], 'MAXLEN', length, seq .. '-0', 'f', ARGV[8], 't', ARGV[9])
+-- Published from inside the script, so every process receives messages in seq order.
+redis.call('PUBLISH', KEYS[7], seq .. '\\n' .. ARGV[9] .. '\\n' .. ARGV[11] .. '\\n' .. ARGV[8])
 return {seq, '0'}
 """
 
@@ -83,6 +87,11 @@ def history_key(network_id: int) -> str:
     return redis_key("history", network_id)
 
 
+def fanout_channel(network_id: int) -> str:
+    """The Redis pub/sub channel carrying a network's messages to every server process."""
+    return redis_key("fanout", network_id)
+
+
 def _script_args(
     network: NetworkInfo, publisher: PublisherKey | None, nbytes: int, frame: str, ts: str
 ) -> tuple[list[str], list[str]]:
@@ -95,10 +104,11 @@ def _script_args(
         redis_key("usage", "dirty"),
         redis_key("lastused"),
         history_key(network.id),
+        fanout_channel(network.id),
     ]
     key_id = publisher.id if publisher else ""
     args = [rate, burst, nbytes, network.id, key_id, hour_key, USAGE_TTL_SECONDS, frame, ts]
-    args.append(network.history_max_messages)
+    args += [network.history_max_messages, repr(time.time())]
     return keys, [str(a) for a in args]
 
 
@@ -123,6 +133,7 @@ async def aadmit_publish(
     if seq is None:
         seq = await sync_to_async(local_allocator.next)(network.id)
     local_history.append(network, seq, ts, frame)
+    _broadcast_locally(network.id, seq, ts, frame)
     return seq
 
 
@@ -136,7 +147,26 @@ def admit_publish(
     local.take(network, publisher, nbytes)
     seq = local_allocator.next(network.id)
     local_history.append(network, seq, ts, frame)
+    _broadcast_locally(network.id, seq, ts, frame)
     return seq
+
+
+# (network id, seq, ts, frame, publish time): the embedded mode's stand-in for the PUBLISH
+# of the accounting script; the streaming app's fan-out hub registers itself here.
+LocalReceiver = Callable[[int, int, str, str, float], None]
+_local_receivers: list[LocalReceiver] = []
+
+
+def add_local_receiver(receiver: LocalReceiver) -> None:
+    """Be handed every message published in this process (embedded mode only)."""
+    if receiver not in _local_receivers:
+        _local_receivers.append(receiver)
+
+
+def _broadcast_locally(network_id: int, seq: int, ts: str, frame: str) -> None:
+    published_at = time.time()
+    for receiver in _local_receivers:
+        receiver(network_id, seq, ts, frame, published_at)
 
 
 @dataclass
@@ -210,9 +240,11 @@ class LocalHistory:
                 self.entries[network.id] = entries
             entries.append((seq, ts, frame))
 
-    def since(self, network_id: int, since: int, limit: int) -> tuple[list, int | None]:
+    def since(
+        self, network_id: int, since: int, limit: int, not_before: str = ""
+    ) -> tuple[list, int | None]:
         with self._lock:
-            entries = list(self.entries.get(network_id, ()))
+            entries = [e for e in self.entries.get(network_id, ()) if e[1] >= not_before]
         first = entries[0][0] if entries else None
         return [e for e in entries if e[0] > since][:limit], first
 
@@ -224,19 +256,63 @@ class LocalHistory:
 local_history = LocalHistory()
 
 
+def _not_before(max_age_seconds: int | None) -> str:
+    # Timestamps are ISO 8601 UTC with a fixed layout, so they compare as strings.
+    if not max_age_seconds:
+        return ""
+    cutoff = datetime.now(UTC) - timedelta(seconds=max_age_seconds)
+    return cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 async def ahistory_since(
-    *, network_id: int, since: int, limit: int = 10_000
+    *, network_id: int, since: int, limit: int = 10_000, max_age_seconds: int | None = None
 ) -> tuple[list[tuple[int, str, str]], int | None]:
-    """Messages after ``since`` (oldest first, at most ``limit``) and the oldest seq kept."""
+    """Messages after ``since`` (oldest first, at most ``limit``) and the oldest seq kept.
+
+    The history holds at most the network's ``history_max_messages`` (trimmed on write);
+    messages older than ``max_age_seconds`` count as gone (filtered on read).
+    """
+    not_before = _not_before(max_age_seconds)
     if not settings.REDIS_URL:
-        return local_history.since(network_id, since, limit)
+        return local_history.since(network_id, since, limit, not_before)
     client = async_redis_client()
     key = history_key(network_id)
+    if not_before:
+        return await _history_since_not_before(client, key, since, limit, not_before)
     oldest = await client.xrange(key, "-", "+", count=1)
     rows = await client.xrange(key, f"({since}-0", "+", count=limit)
-    entries = [(int(i.decode().split("-")[0]), f[b"t"].decode(), f[b"f"].decode()) for i, f in rows]
-    first = int(oldest[0][0].decode().split("-")[0]) if oldest else None
-    return entries, first
+    first = _entry_seq(oldest[0][0]) if oldest else None
+    return [_entry(i, f) for i, f in rows], first
+
+
+async def _history_since_not_before(client, key: str, since: int, limit: int, not_before: str):
+    # Find the oldest entry young enough by bisecting on seq: entries are in time order.
+    first_row = await client.xrange(key, "-", "+", count=1)
+    last_row = await client.xrevrange(key, "+", "-", count=1)
+    if not first_row:
+        return [], None
+    low, high = _entry_seq(first_row[0][0]), _entry_seq(last_row[0][0])
+    if _entry(*last_row[0])[1] < not_before:
+        return [], None  # everything kept is too old
+    while low < high:
+        middle = (low + high) // 2
+        row = await client.xrange(key, f"{middle}-0", "+", count=1)
+        if _entry(*row[0])[1] >= not_before:
+            high = _entry_seq(row[0][0]) if _entry_seq(row[0][0]) <= middle else middle
+        else:
+            low = _entry_seq(row[0][0]) + 1
+    oldest = low
+    start = max(since + 1, oldest)
+    rows = await client.xrange(key, f"{start}-0", "+", count=limit)
+    return [_entry(i, f) for i, f in rows], oldest
+
+
+def _entry_seq(entry_id: bytes) -> int:
+    return int(entry_id.decode().split("-")[0])
+
+
+def _entry(entry_id: bytes, fields: dict) -> tuple[int, str, str]:
+    return _entry_seq(entry_id), fields[b"t"].decode(), fields[b"f"].decode()
 
 
 def retry_after_header(retry_after: float) -> str:

@@ -14,6 +14,13 @@ slug_validator = RegexValidator(
 )
 
 
+class Backpressure(models.TextChoices):
+    # The listener's socket is full: the network's messages are not waiting for it.
+    CONFLATE = "conflate", "Conflate: keep only the latest unsent message"
+    DROP = "drop", "Drop oldest, then tell the listener how many it missed"
+    DISCONNECT = "disconnect", "Disconnect the listener (close code 4413)"
+
+
 class Network(models.Model):
     """A broadcast channel owned by one organization."""
 
@@ -41,6 +48,17 @@ class Network(models.Model):
         default=24 * 3600,
         validators=[MaxValueValidator(30 * 24 * 3600)],
         help_text="How long recent messages are kept for listeners who resume.",
+    )
+    backpressure = models.CharField(
+        max_length=10,
+        choices=Backpressure.choices,
+        default=Backpressure.CONFLATE,
+        help_text="What happens to a listener that reads slower than the network publishes.",
+    )
+    backpressure_buffer = models.PositiveIntegerField(
+        default=100,
+        validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+        help_text="Messages held for a lagging listener before dropping or disconnecting.",
     )
     archived_at = models.DateTimeField(
         null=True, blank=True, help_text="Archived networks refuse publishes and listeners."

@@ -27,6 +27,9 @@ class NetworkInfo:
     archived: bool = False
     max_message_bytes: int | None = None
     history_max_messages: int = 1000
+    history_max_age_seconds: int = 24 * 3600
+    backpressure: str = "conflate"
+    backpressure_buffer: int = 100
 
     @property
     def group_name(self) -> str:
@@ -98,6 +101,9 @@ def _load_network(slug: str) -> NetworkInfo | None:
         archived=network.is_archived,
         max_message_bytes=network.max_message_bytes,
         history_max_messages=network.history_max_messages,
+        history_max_age_seconds=network.history_max_age_seconds,
+        backpressure=network.backpressure,
+        backpressure_buffer=network.backpressure_buffer,
     )
 
 

@@ -52,6 +52,8 @@ NETWORK_EDITABLE_FIELDS = (
     "max_message_bytes",
     "history_max_messages",
     "history_max_age_seconds",
+    "backpressure",
+    "backpressure_buffer",
 )
 
 
@@ -291,20 +293,6 @@ def envelope_text(*, seq: int, ts: str, network: str, frame: str) -> str:
     return f'{{"seq":{seq},"ts":"{ts}","network":{json.dumps(network)},"data":{frame}}}'
 
 
-def _fan_out_event(message: PublishedMessage) -> dict[str, Any]:
-    # Both wire formats are built here, once per publish, never per listener.
-    envelope = envelope_text(
-        seq=message.seq, ts=message.ts, network=message.network, frame=message.frame
-    )
-    return {
-        "type": "network.message",
-        "frame": message.frame,
-        "envelope": envelope,
-        "seq": message.seq,
-        "ts": message.ts,
-    }
-
-
 async def amessage_publish(
     *,
     network: NetworkInfo,
@@ -312,7 +300,7 @@ async def amessage_publish(
     publisher: PublisherKey | None = None,
     nbytes: int | None = None,
 ) -> PublishedMessage:
-    """Sequence, timestamp, serialize once and fan ``data`` out to the network's listeners.
+    """Sequence, timestamp, serialize once, store in history and fan ``data`` out.
 
     Counts usage (``nbytes``, default the frame's size) and, for a ``publisher``, takes a
     rate-limit token: PublishError 429 when the key is over its limit.
@@ -329,10 +317,9 @@ async def amessage_publish(
         )
     except RateLimited as limited:
         raise _rate_limited(limited.retry_after) from None
-    message = PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
-    # One group_send: with Redis, one PUBLISH reaches every server process's listeners.
-    await get_channel_layer().group_send(network.group_name, _fan_out_event(message))
-    return message
+    # The accounting script also PUBLISHed it: every server process's listeners get it from
+    # their process's fan-out hub (streaming.fanout), in seq order.
+    return PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
 
 
 def message_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
@@ -342,6 +329,4 @@ def message_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
     seq = admit_publish(
         network=network, publisher=None, nbytes=len(frame.encode()), frame=frame, ts=ts
     )
-    message = PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
-    async_to_sync(get_channel_layer().group_send)(network.group_name, _fan_out_event(message))
-    return message
+    return PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)

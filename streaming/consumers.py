@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 from typing import Any
@@ -26,6 +26,7 @@ from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
 
 from .connection_limits import connection_admit, connection_release
+from .fanout import CLOSE_TOO_SLOW, Outbox, gap_event, hub, text_event
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ CLOSE_NOT_ENTITLED = 4403  # the token's owner may not hear this network (any mo
 CLOSE_TOKEN_EXPIRED = 4408  # expired or voided token: get a fresh one and reconnect
 CLOSE_NETWORK_ARCHIVED = 4410  # the provider archived the network
 CLOSE_TOO_MANY_CONNECTIONS = 4429  # this person already holds the allowed connections
+# CLOSE_TOO_SLOW (4413, streaming.fanout): fell behind under the "disconnect" policy.
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
@@ -49,15 +51,15 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
     """One listener of one network.
 
     Unknown or archived network: the handshake is refused (HTTP 403). Paid network: the
-    entitlement token is checked before the group is joined; a failure is a 44xx close.
+    entitlement token is checked before the listener joins; a failure is a 44xx close.
+    Messages do not pass through this consumer: once admitted, its :class:`Outbox` joins the
+    process's fan-out hub. The consumer still joins the network's group and the person's
+    group, for the rare events (archiving, revocation) sent with ``group_send``.
     """
 
     network: NetworkInfo | None = None
     user_id: int | None = None
-    # "frame": the bare data object (the original contract); "envelope": ?format=envelope.
-    frame_key = "frame"
-    # After a ?since= replay: live messages up to this seq were already sent.
-    replayed_up_to: int | None = None
+    outbox: Outbox | None = None
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
@@ -66,8 +68,6 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the server answers HTTP 403
             return
         self._inbound: list[float] = []
-        if self._query().get("format", [""])[0] == "envelope":
-            self.frame_key = "envelope"
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", []) else None
         if not network.is_public:
             refusal = await self._authorize(network)
@@ -78,27 +78,45 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
                 return
             await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
         self.network = network
-        # Join first, replay second: live messages queue meanwhile and are deduplicated by seq.
         await self.channel_layer.group_add(network.group_name, self.channel_name)
+        self.outbox = Outbox(
+            send=self.base_send,
+            envelope=self._query().get("format", [""])[0] == "envelope",
+            policy=network.backpressure,
+            buffer=network.backpressure_buffer,
+            on_too_slow=self._too_slow,
+        )
+        # Join before accepting, holding live messages back: once the handshake completes
+        # nothing published is missed, and a replay is followed by the held-back messages
+        # without a gap or a duplicate.
+        self.outbox.begin_replay()
+        await hub.join(network, self.outbox)
         await self.accept(subprotocol)
         since = self._query().get("since", [""])[0]
-        if since.isdigit():
-            await self._replay(network, int(since))
+        replayed = await self._replay(network, int(since)) if since.isdigit() else None
+        self.outbox.end_replay(last_replayed=replayed)
 
-    async def _replay(self, network: NetworkInfo, since: int) -> None:
-        """Send what was published after ``since`` from history, with a gap frame if needed."""
-        entries, oldest = await ahistory_since(network_id=network.id, since=since)
+    async def _replay(self, network: NetworkInfo, since: int) -> int:
+        """Send what was published after ``since`` from history, with a gap frame if needed;
+        returns the last seq sent."""
+        entries, oldest = await ahistory_since(
+            network_id=network.id, since=since, max_age_seconds=network.history_max_age_seconds
+        )
         if oldest is not None and oldest > since + 1:
-            missed = oldest - since - 1
-            gap = {"type": "gap", "missed": missed, "from_seq": since + 1, "to_seq": oldest - 1}
-            await self.send(text_data=json.dumps(gap))
+            event = gap_event(missed=oldest - since - 1, from_seq=since + 1, to_seq=oldest - 1)
+            await self.base_send(event)
         last = since
         for seq, ts, frame in entries:
-            if self.frame_key == "envelope":
+            if self.outbox.envelope:
                 frame = envelope_text(seq=seq, ts=ts, network=network.slug, frame=frame)
-            await self.send(text_data=frame)
+            await self.base_send(text_event(frame))
             last = seq
-        self.replayed_up_to = last
+        return last
+
+    def _too_slow(self) -> None:
+        logger.info("closing a listener of %s: too far behind", self.network.slug)
+        # Not awaited here: the hub is mid-delivery. The close waits behind unsent frames.
+        self._closing = asyncio.ensure_future(self.close(code=CLOSE_TOO_SLOW))
 
     def _query(self) -> dict[str, list[str]]:
         return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -149,6 +167,8 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         return None
 
     async def disconnect(self, code: int) -> None:
+        if self.outbox is not None:
+            await hub.leave(self.network.id, self.outbox)
         if self.network is not None:
             await self.channel_layer.group_discard(self.network.group_name, self.channel_name)
         if self.user_id is not None:
@@ -165,21 +185,6 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         if len(self._inbound) > INBOUND_FRAMES_ALLOWED:
             logger.info("closing a chatty listener of %s", self.network and self.network.slug)
             await self.close(code=CLOSE_POLICY_VIOLATION)
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # The hot path: relay the pre-serialized frame. It touches no database, so it skips
-        # the base class's per-message closing of stale DB connections (a thread hop).
-        if message["type"] == "network.message":
-            await self.network_message(message)
-        else:
-            await super().dispatch(message)
-
-    async def network_message(self, event: dict[str, Any]) -> None:
-        if self.replayed_up_to is not None:
-            if event["seq"] <= self.replayed_up_to:
-                return  # already sent by the replay
-            self.replayed_up_to = None  # caught up: no more checks on the hot path
-        await self.send(text_data=event[self.frame_key])
 
     async def network_archived(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_NETWORK_ARCHIVED)

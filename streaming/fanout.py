@@ -1,0 +1,412 @@
+"""The fast fan-out path: one subscription per network per process, one send per listener.
+
+A published message reaches a server process once (one Redis ``PUBLISH``, made by the same
+Lua script that numbers and stores the message, so every process sees messages in ``seq``
+order). The process-local :class:`FanoutHub` keeps the listeners that joined after their
+entitlement check and hands each one the frame that was serialized once per publish.
+
+The stock Channels path costs a queue, a task wake-up, a dispatch and a thread hop per
+listener per message; here a listener costs one :meth:`Outbox.offer` call, which runs the
+ASGI ``send`` synchronously when the socket can take it (:func:`start_eagerly`) and applies
+the network's backpressure policy when it cannot. Everything else (archiving, revocation,
+admin messages) still travels as ``group_send`` events to each consumer's channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from networks.accounting import add_local_receiver, ahistory_since, fanout_channel
+from networks.redis_clients import async_redis_client
+from networks.selectors import NetworkInfo
+from networks.services import envelope_text
+
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+# Close code of a listener that fell too far behind under the "disconnect" policy.
+CLOSE_TOO_SLOW = 4413
+
+# Live messages a listener may accumulate while its ?since= replay is still being sent.
+REPLAY_BACKLOG_LIMIT = 10_000
+
+# Conflate: a slow listener keeps only the latest unsent message.
+CONFLATE, DROP, DISCONNECT = "conflate", "drop", "disconnect"
+
+SendFunction = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` until it first waits; None if it finished, else a task finishing it.
+
+    An ASGI ``send`` to a writable socket never waits, so the common case costs no task and
+    no trip through the event loop (Python 3.12's eager tasks, by hand, for 3.11).
+    """
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_finish(coro, awaited))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    # Resume ``coro`` each time what it waits for is done, as a Task would.
+    while True:
+        try:
+            if awaited is None:
+                await asyncio.sleep(0)  # a bare yield
+            else:
+                await awaited
+        except BaseException as exc:
+            try:
+                awaited = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = coro.send(None)
+            except StopIteration:
+                return
+
+
+def text_event(text: str) -> dict[str, Any]:
+    """An ASGI text frame event; one per message, shared by every listener."""
+    return {"type": "websocket.send", "text": text}
+
+
+def gap_event(*, missed: int, from_seq: int, to_seq: int) -> dict[str, Any]:
+    gap = {"type": "gap", "missed": missed, "from_seq": from_seq, "to_seq": to_seq}
+    return text_event(json.dumps(gap))
+
+
+class Outbox:
+    """What is on its way to one listener, and what its network's policy does when it lags.
+
+    While the listener's socket takes frames, :meth:`offer` sends at once. While a send waits
+    (the transport's buffer is full: the listener reads slower than the network publishes)
+    or a ``?since=`` replay is running, offers are held back and the policy applies:
+
+    - ``conflate``: keep only the latest unsent message (state-like data);
+    - ``drop``: keep the newest ``buffer`` messages, drop the oldest, and send a gap frame
+      saying how many were missed before sending the rest;
+    - ``disconnect``: once ``buffer`` messages are waiting, close with ``CLOSE_TOO_SLOW``.
+    """
+
+    __slots__ = (
+        "backlog",
+        "buffer",
+        "closed",
+        "conflated",
+        "delivered",
+        "dropped",
+        "envelope",
+        "gap_from",
+        "gap_to",
+        "last_seq",
+        "on_too_slow",
+        "pending",
+        "policy",
+        "replaying",
+        "send",
+        "skip_up_to",
+    )
+
+    def __init__(
+        self,
+        *,
+        send: SendFunction,
+        envelope: bool = False,
+        policy: str = CONFLATE,
+        buffer: int = 100,
+        on_too_slow: Callable[[], None] | None = None,
+    ) -> None:
+        self.send = send
+        self.envelope = envelope
+        self.policy = policy
+        self.buffer = max(1, buffer)
+        self.on_too_slow = on_too_slow
+        self.backlog: deque[tuple[int, dict[str, Any]]] = deque()
+        self.pending: asyncio.Task[None] | None = None
+        self.replaying = False
+        self.skip_up_to: int | None = None  # after a replay: live seqs already sent
+        self.last_seq = 0
+        self.gap_from = self.gap_to = 0  # seqs dropped and not yet reported
+        self.closed = False
+        self.delivered = self.dropped = self.conflated = 0
+
+    # --- The hot path ------------------------------------------------------------------
+
+    def offer(self, seq: int, event: dict[str, Any]) -> None:
+        """Send ``event`` (message ``seq``) now if the socket takes it, else apply the policy."""
+        if self.skip_up_to is not None:
+            if seq <= self.skip_up_to:
+                return  # the replay sent it already
+            self.skip_up_to = None
+        if self.pending is None and not self.replaying:
+            self._send(seq, event)
+        elif not self.closed:
+            self._hold(seq, event)
+
+    def _send(self, seq: int, event: dict[str, Any]) -> None:
+        try:
+            task = start_eagerly(self.send(event))
+        except Exception:
+            self.closed = True
+            return
+        self.last_seq = seq
+        self.delivered += 1
+        if task is not None:
+            self.pending = task
+            task.add_done_callback(self._sent)
+
+    def _hold(self, seq: int, event: dict[str, Any]) -> None:
+        if self.replaying and len(self.backlog) < REPLAY_BACKLOG_LIMIT:
+            self.backlog.append((seq, event))
+            return
+        if self.policy == CONFLATE:
+            if self.backlog:
+                self.backlog.clear()
+                self.conflated += 1
+                metrics.listener_skipped(CONFLATE)
+            self.backlog.append((seq, event))
+        elif self.policy == DROP:
+            if len(self.backlog) >= self.buffer:
+                dropped_seq, _ = self.backlog.popleft()
+                if not self.gap_from:
+                    self.gap_from = dropped_seq
+                self.gap_to = dropped_seq
+                self.dropped += 1
+                metrics.listener_skipped(DROP)
+            self.backlog.append((seq, event))
+        elif len(self.backlog) >= self.buffer:
+            self.closed = True
+            self.backlog.clear()
+            metrics.listener_skipped(DISCONNECT)
+            if self.on_too_slow is not None:
+                self.on_too_slow()
+        else:
+            self.backlog.append((seq, event))
+
+    # --- Catching up -------------------------------------------------------------------
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.pending = None
+        if task.cancelled() or task.exception() is not None:
+            self.closed = True  # the socket is gone; its disconnect will follow
+            self.backlog.clear()
+            return
+        self.drain()
+
+    def drain(self) -> None:
+        """Send what was held back, gap frame first, until done or the socket is full again."""
+        while not self.closed and self.pending is None and not self.replaying:
+            if self.gap_from:
+                missed = self.gap_to - self.gap_from + 1
+                event = gap_event(missed=missed, from_seq=self.gap_from, to_seq=self.gap_to)
+                self.gap_from = self.gap_to = 0
+                self._send(self.last_seq, event)
+            elif self.backlog:
+                seq, event = self.backlog.popleft()
+                if self.skip_up_to is not None and seq <= self.skip_up_to:
+                    continue
+                self._send(seq, event)
+            else:
+                return
+
+    def begin_replay(self) -> None:
+        """Hold live messages back while history is sent (see :meth:`end_replay`)."""
+        self.replaying = True
+
+    def end_replay(self, *, last_replayed: int | None) -> None:
+        """Live messages up to ``last_replayed`` were in the replay: skip them, send the rest."""
+        self.replaying = False
+        if last_replayed is not None:
+            self.skip_up_to = last_replayed
+        self.drain()
+
+
+class _NetworkListeners:
+    __slots__ = ("catch_up_to", "outboxes", "slug", "subscribed")
+
+    def __init__(self, slug: str) -> None:
+        self.slug = slug
+        self.outboxes: set[Outbox] = set()
+        self.subscribed = asyncio.Event()
+        self.catch_up_to: int | None = None
+
+
+class FanoutHub:
+    """This process's listeners by network, fed by one Redis subscription per network.
+
+    Without Redis (the embedded mode) the publish service hands messages to the hub directly.
+    """
+
+    def __init__(self) -> None:
+        self.networks: dict[int, _NetworkListeners] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._last_seq: dict[int, int] = {}  # last message seen per network (for catch-up)
+        self.on_occupancy_change: Callable[[int, int], None] | None = None
+
+    # --- Joining and leaving -----------------------------------------------------------
+
+    async def join(self, network: NetworkInfo, outbox: Outbox) -> None:
+        """Add a listener; returns once this process receives the network's messages."""
+        self.loop = asyncio.get_running_loop()
+        entry = self.networks.get(network.id)
+        if entry is None:
+            entry = self.networks[network.id] = _NetworkListeners(network.slug)
+            if settings.REDIS_URL:
+                self._ensure_reader()
+                if self._pubsub is not None:
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        await self._pubsub.subscribe(fanout_channel(network.id))
+            else:
+                add_local_receiver(self.deliver_threadsafe)
+                entry.subscribed.set()
+        entry.outboxes.add(outbox)
+        metrics.listener_joined(network.id)
+        if self.on_occupancy_change is not None:
+            self.on_occupancy_change(network.id, len(entry.outboxes))
+        if not entry.subscribed.is_set():
+            # Confirmed by Redis, so a replay that follows cannot miss a message.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.subscribed.wait(), timeout=5)
+
+    async def leave(self, network_id: int, outbox: Outbox) -> None:
+        """Remove a listener; the last one out ends the process's subscription."""
+        entry = self.networks.get(network_id)
+        if entry is None or outbox not in entry.outboxes:
+            return
+        entry.outboxes.discard(outbox)
+        outbox.closed = True
+        metrics.listener_left(network_id)
+        if self.on_occupancy_change is not None:
+            self.on_occupancy_change(network_id, len(entry.outboxes))
+        if entry.outboxes:
+            return
+        del self.networks[network_id]
+        self._last_seq.pop(network_id, None)
+        if self._pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._pubsub.unsubscribe(fanout_channel(network_id))
+
+    def listener_counts(self) -> dict[int, int]:
+        """Listeners connected to this process, by network id."""
+        return {network_id: len(e.outboxes) for network_id, e in self.networks.items()}
+
+    # --- Delivering --------------------------------------------------------------------
+
+    def deliver(self, network_id: int, seq: int, ts: str, frame: str, published_at: float) -> None:
+        """Hand message ``seq`` to every local listener of the network (event loop thread)."""
+        entry = self.networks.get(network_id)
+        if entry is None:
+            return
+        if entry.catch_up_to is not None:
+            if seq <= entry.catch_up_to:
+                return  # already delivered from history after a reconnect
+            entry.catch_up_to = None
+        self._last_seq[network_id] = seq
+        frame_event = text_event(frame)
+        envelope_event = None
+        for outbox in tuple(entry.outboxes):
+            if outbox.envelope:
+                if envelope_event is None:
+                    envelope_event = text_event(
+                        envelope_text(seq=seq, ts=ts, network=entry.slug, frame=frame)
+                    )
+                outbox.offer(seq, envelope_event)
+            else:
+                outbox.offer(seq, frame_event)
+        metrics.message_fanned_out(len(entry.outboxes), time.time() - published_at)
+
+    def deliver_threadsafe(
+        self, network_id: int, seq: int, ts: str, frame: str, published_at: float
+    ) -> None:
+        """``deliver`` from any thread (the embedded mode's publishers)."""
+        loop = self.loop
+        if loop is None or network_id not in self.networks or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.deliver(network_id, seq, ts, frame, published_at)
+        else:
+            loop.call_soon_threadsafe(self.deliver, network_id, seq, ts, frame, published_at)
+
+    # --- The Redis subscription --------------------------------------------------------
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read_forever())
+
+    async def _read_forever(self) -> None:
+        """Read published messages; on a dropped connection resubscribe and catch up."""
+        backoff = 0.1
+        while self.networks:
+            try:
+                await self._subscribe_all()
+                backoff = 0.1
+                while self.networks:
+                    message = await self._pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._handle(message)
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("fan-out subscription lost (%s); resubscribing", exc)
+                await self._close_pubsub()
+                for entry in self.networks.values():
+                    entry.subscribed.clear()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        await self._close_pubsub()
+
+    async def _subscribe_all(self) -> None:
+        self._pubsub = async_redis_client().pubsub()
+        channels = [fanout_channel(network_id) for network_id in self.networks]
+        await self._pubsub.subscribe(*channels)
+        # Whatever was published while we were away is in the history.
+        for network_id, last in list(self._last_seq.items()):
+            entry = self.networks.get(network_id)
+            if entry is None:
+                continue
+            entries, _ = await ahistory_since(network_id=network_id, since=last)
+            for seq, ts, frame in entries:
+                self.deliver(network_id, seq, ts, frame, time.time())
+            if entries:
+                entry.catch_up_to = entries[-1][0]
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            network_id = int(message["channel"].rsplit(b":", 1)[1])
+            seq, ts, published_at, frame = message["data"].decode().split("\n", 3)
+            self.deliver(network_id, int(seq), ts, frame, float(published_at))
+        elif kind == "subscribe":
+            network_id = int(message["channel"].rsplit(b":", 1)[1])
+            entry = self.networks.get(network_id)
+            if entry is not None:
+                entry.subscribed.set()
+
+
+hub = FanoutHub()
+"""This process's hub (one per process: the ASGI server runs one event loop)."""
