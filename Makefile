@@ -8,7 +8,11 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/katiedj
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 
-.PHONY: install run test test-embedded test-production lint format bench clean
+# Debian's Chromium, driven by Playwright in the browser tests (never `playwright install`).
+CHROMIUM ?= /usr/bin/chromium
+SCREENSHOTS ?= var/test-artifacts/screenshots
+
+.PHONY: install chromium run test test-embedded test-production test-browser lint format bench clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,20 +22,35 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 
 install: $(VENV)/.installed
 
+## Debian's chromium package, when missing (apt-get update only if the first install fails).
+chromium:
+	@test -x $(CHROMIUM) || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium; }; }
+
 ## Run the platform on the embedded default (SQLite, in-process channel layer; no services).
 run: install
 	PORT=$(PORT) $(PY) manage.py serve --port $(PORT)
 
 ## The whole suite: in-process tests on the embedded settings, then everything (end-to-end
-## tests on both stacks included) on PostgreSQL + Redis.
-test: install test-embedded test-production
+## tests on both stacks included) on PostgreSQL + Redis, then the browser tests.
+test: install chromium test-embedded test-production test-browser
 
 test-embedded: install
-	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -m "not e2e" -q
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -m "not e2e and not browser" -q
 
 test-production: install
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m pytest -q
+		$(PY) -m pytest -m "not browser" -q
+
+## Chromium + Playwright against a real production stack (PostgreSQL, Redis, uvicorn, Celery,
+## the local Stripe fake), in a pytest process of its own: Playwright's sync API leaves an
+## event loop behind. Screenshots of the main pages land in $(SCREENSHOTS)/.
+test-browser: install chromium
+	mkdir -p $(SCREENSHOTS)
+	env -u DATABASE_URL -u REDIS_URL DJANGO_ALLOW_ASYNC_UNSAFE=true CHROMIUM=$(CHROMIUM) \
+		BROWSER_SCREENSHOTS=$(CURDIR)/$(SCREENSHOTS) $(PY) -m pytest -m browser tests/browser -q
 
 lint: install
 	$(PY) -m ruff check .

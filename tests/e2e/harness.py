@@ -245,6 +245,9 @@ def start_production_stack(
         manage(env, "migrate", "--noinput")
         manage(env, "bootstrap_demo")
         _seed(env)
+        if env.get("DEBUG", "").lower() == "false":
+            # As deployed: WhiteNoise serves the collected, hashed files (into KATIEDJ_VAR_DIR).
+            manage(env, "collectstatic", "--noinput", "-v", "0")
         for index in range(processes):
             port = free_port()
             server = ServerProcess(uvicorn_command(port), env, port, tmp / f"web{index}.log")

@@ -1,0 +1,72 @@
+"""The public pages render, load nothing from elsewhere, and are saved as screenshots."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from .support import compact, live_messages, screenshot, wait_until_live
+
+pytestmark = pytest.mark.browser
+
+# The 13 streets of sample_net, as the built-in simulator publishes them.
+STREETS = [str(street) for street in range(13)]
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("landing", "/"),
+        ("catalogue", "/networks/"),
+        ("docs", "/docs/"),
+        ("sign-up", "/accounts/signup/"),
+    ],
+)
+def test_public_page_renders_on_its_own(site, page, name, path):
+    response = page.goto(path)
+    assert response.status == 200
+    expect(page.locator("h1").first).to_be_visible()
+    screenshot(page, name)
+    assert page.watch.errors == []
+    assert page.watch.console == []
+    assert page.watch.foreign == [], "the portal must not load anything from another host"
+
+
+def test_unknown_page_is_a_styled_404_with_a_way_back(site, page):
+    response = page.goto("/no-such-page/")
+    assert response.status == 404
+    expect(page.locator("a[href='/']").first).to_be_visible()
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+    screenshot(page, "not-found")
+    assert page.watch.errors == [] and page.watch.foreign == []
+
+
+def test_catalogue_search_narrows_the_cards(site, page):
+    page.goto("/networks/")
+    cards = page.locator(".network-card:visible")
+    expect(cards.first).to_be_visible()
+    assert cards.count() >= 3
+    search = page.locator("[name=q]")
+    search.fill("harbour")
+    search.press("Enter")
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_have_attribute("data-slug", "paid-net")
+
+
+def test_network_page_shows_traffic_as_it_arrives(site, page):
+    page.goto("/networks/sample_net/")
+    wait_until_live(page)
+    samples = [
+        {
+            "state": {street: round(10 + 7 * int(street) + 3 * step, 1) for street in STREETS},
+            "timestamp": f"2026-01-01T00:00:0{step}Z",
+        }
+        for step in range(6)
+    ]
+    for sample in samples:
+        body = {"network": "sample_net", "data": sample}
+        assert site.stack.publish(body, site.stack.demo_key)[0] == 200
+    expect(live_messages(page)).to_have_count(len(samples))
+    expect(live_messages(page).last).to_contain_text(compact(samples[-1]))
+    screenshot(page, "network-page-live")
+    assert page.watch.errors == [] and page.watch.foreign == []
