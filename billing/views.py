@@ -41,8 +41,10 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
 
 
 def network_page(request: HttpRequest, slug: str) -> HttpResponse:
-    """A network's page: how to listen, and for paid networks how to subscribe."""
-    network = get_object_or_404(Network, slug=slug, archived_at__isnull=True)
+    """A network's page: the live view, how to listen, and for paid networks how to subscribe."""
+    network = get_object_or_404(
+        Network.objects.select_related("organization"), slug=slug, archived_at__isnull=True
+    )
     prices = {p.interval: p for p in Price.objects.filter(network=network, active=True)}
     return render(
         request,

@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from accounts.models import Membership, PersonalToken, Role
+from accounts.models import Membership, Role
 from accounts.selectors import (
     Forbidden,
     NotFound,
@@ -40,8 +40,6 @@ from accounts.services import (
     membership_change_role,
     membership_remove,
     organization_create,
-    personal_token_create,
-    personal_token_revoke,
 )
 from billing.models import Price
 from billing.services import BillingError, price_set
@@ -63,7 +61,6 @@ from .forms import (
     InvitationForm,
     NetworkForm,
     OrganizationForm,
-    PersonalTokenForm,
     PriceForm,
     RoleForm,
 )
@@ -154,20 +151,15 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
             raise PermissionDenied
         form = NetworkForm(request.POST)
         if form.is_valid():
-            data = form.cleaned_data
+            data = dict(form.cleaned_data)
             network = network_create(
                 organization=membership.organization,
-                slug=data["slug"],
-                name=data["name"],
-                description=data["description"],
-                is_public=data["is_public"],
+                slug=data.pop("slug"),
+                name=data.pop("name"),
+                description=data.pop("description"),
+                is_public=data.pop("is_public"),
             )
-            network_update(
-                network=network,
-                max_message_bytes=data["max_message_bytes"],
-                history_max_messages=data["history_max_messages"],
-                history_max_age_seconds=data["history_max_age_seconds"],
-            )
+            network_update(network=network, **data)
             messages.success(request, f"Network {network.slug} created.")
             return redirect("frontend:network", org=membership.organization.slug, slug=network.slug)
     networks = list(networks_of(organization_id=membership.organization_id))
@@ -376,39 +368,3 @@ def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, f"Welcome to {membership.organization.name}.")
         return redirect("frontend:org", org=membership.organization.slug)
     return render(request, "frontend/dashboard/invitation.html", {"token": token})
-
-
-@login_required
-def tokens(request: HttpRequest) -> HttpResponse:
-    """Personal tokens for scripts (the secret is shown once)."""
-    form = PersonalTokenForm()
-    created = None
-    if request.method == "POST":
-        if request.POST.get("revoke"):
-            token = PersonalToken.objects.filter(
-                user=request.user, pk=request.POST["revoke"]
-            ).first()
-            if token is None:
-                raise Http404
-            personal_token_revoke(token=token)
-            messages.success(request, f"Token {token.prefix}… revoked.")
-            return redirect("frontend:tokens")
-        form = PersonalTokenForm(request.POST)
-        if form.is_valid():
-            created = personal_token_create(user=request.user, name=form.cleaned_data["name"])
-            form = PersonalTokenForm()
-    return render(
-        request,
-        "frontend/dashboard/tokens.html",
-        {
-            "tokens": PersonalToken.objects.filter(user=request.user),
-            "form": form,
-            "created": created,
-            "example": (
-                f"curl {request.build_absolute_uri('/api/v1/orgs/')} "
-                f"-H 'Authorization: Bearer {created[1]}'"
-                if created
-                else ""
-            ),
-        },
-    )

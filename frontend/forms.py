@@ -16,6 +16,18 @@ class OrganizationForm(forms.Form):
     name = forms.CharField(max_length=200)
 
 
+_DEFAULTED_FIELDS = (
+    "history_max_messages",
+    "history_max_age_seconds",
+    "backpressure",
+    "backpressure_buffer",
+)
+
+
+def _model_default(name: str) -> object:
+    return Network._meta.get_field(name).get_default()
+
+
 class NetworkForm(forms.ModelForm):
     class Meta:
         model = Network
@@ -27,6 +39,18 @@ class NetworkForm(forms.ModelForm):
         self.fields["name"].required = False
         if self.instance.pk:
             self.fields["slug"].disabled = True  # generators and listeners use it
+        # Tuning fields may be left out (scripts, older forms): they keep the model default.
+        for name in _DEFAULTED_FIELDS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        for name in _DEFAULTED_FIELDS:
+            if name in cleaned and cleaned[name] in (None, ""):
+                current = getattr(self.instance, name, None) if self.instance.pk else None
+                cleaned[name] = current if current is not None else _model_default(name)
+        return cleaned
 
     def clean_max_message_bytes(self) -> int | None:
         value = self.cleaned_data["max_message_bytes"]
@@ -62,7 +86,9 @@ class RoleForm(forms.Form):
 
 
 class PersonalTokenForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(
+        max_length=100, help_text="Where it will be used, e.g. “laptop” or “nightly import”."
+    )
 
 
 class PriceForm(forms.Form):
@@ -72,3 +98,22 @@ class PriceForm(forms.Form):
 
     def cents(self) -> int:
         return int(self.cleaned_data["amount"] * 100)
+
+
+class CatalogueFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=100, label="Search")
+    access = forms.ChoiceField(
+        required=False,
+        choices=[("", "Free and paid"), ("free", "Free"), ("paid", "Paid")],
+        label="Access",
+    )
+    provider = forms.ChoiceField(required=False, label="Provider")
+
+    def __init__(self, *args: object, providers: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["q"].widget.attrs.update(
+            type="search", placeholder="Traffic, weather, markets…", autocomplete="off"
+        )
+        self.fields["provider"].choices = [("", "All providers")] + [
+            (org.slug, org.name) for org in providers
+        ]

@@ -6,8 +6,12 @@ app_name = "frontend"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("networks/", views.catalogue, name="catalogue"),
+    path("docs/", views.docs, name="docs"),
+    path("account/", views.account, name="account"),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
-    path("dashboard/tokens/", dashboard.tokens, name="tokens"),
+    # The former personal-tokens page: now part of the account page, same form.
+    path("dashboard/tokens/", views.account, name="tokens"),
     path("dashboard/<slug:org>/", dashboard.organization_home, name="org"),
     path("dashboard/<slug:org>/networks/<str:slug>/", dashboard.network_detail, name="network"),
     path(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django import template
-from django.utils.html import format_html
+from django.utils.html import format_html, json_script
+
+from simulator.selectors import street_map
 
 register = template.Library()
 
@@ -29,3 +31,14 @@ def money(cents: int | None, currency: str = "eur") -> str:
     amount = f"{cents / 100:,.2f}"
     symbol = _SYMBOLS.get((currency or "").lower())
     return f"{symbol}{amount}" if symbol else f"{amount} {(currency or '').upper()}"
+
+
+@register.simple_tag
+def street_map_json(network_id: int) -> str:
+    """The network's street map (from its simulation) as an inert JSON script, or nothing.
+
+    A template tag so the network page's view, which billing owns, stays free of simulator
+    imports: the portal composes the page.
+    """
+    layout = street_map(network_id=network_id)
+    return json_script(layout, "live-topology") if layout else ""
