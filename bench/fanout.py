@@ -679,6 +679,7 @@ class Session:
         self.tasks: list[asyncio.Task[None]] = []
         self.tally = Tally()
         self.next_id = 0
+        self.closed = False
 
     async def connect(self) -> dict[str, Any]:
         """Open the listeners; the ``connect`` and ``server_rss_kib`` report sections."""
@@ -831,13 +832,16 @@ class Session:
         }
 
     async def close(self) -> None:
-        await self.publisher.aclose()
-        await close_listeners(self.listeners, self.tasks)
+        """Close the publisher and every socket (once)."""
+        if not self.closed:
+            self.closed = True
+            await self.publisher.aclose()
+            await close_listeners(self.listeners, self.tasks)
 
 
-async def run(cfg: Config, stack: harness.Stack) -> dict[str, Any]:
+async def run(cfg: Config, stack: harness.Stack, session: Session | None = None) -> dict[str, Any]:
     """Connect, warm up, publish, drain, measure; always closes the listeners."""
-    session = Session(cfg, stack)
+    session = session or Session(cfg, stack)
     try:
         result = await session.connect()
         # Warm-up: caches filled, every subscription proven live; not measured.
@@ -944,7 +948,7 @@ def prepare_load_process(cfg: Config) -> None:
     raise_fd_limit()
 
 
-def report_header(program: str, cfg: Config) -> dict[str, Any]:
+def report_header(program: str, config: dict[str, Any], payload_bytes: int) -> dict[str, Any]:
     """Date, machine, commit, command line and configuration of a run."""
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -955,15 +959,15 @@ def report_header(program: str, cfg: Config) -> dict[str, Any]:
         },
         "git_commit": git_commit(),
         "command": " ".join([f"python -m {program}", *sys.argv[1:]]),
-        "config": asdict(cfg),
-        "parse_cost": measure_parse_cost(cfg.payload_bytes),
+        "config": config,
+        "parse_cost": measure_parse_cost(payload_bytes),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     prepare_load_process(cfg)
-    report = report_header("bench.fanout", cfg)
+    report = report_header("bench.fanout", asdict(cfg), cfg.payload_bytes)
     tmp = Path(tempfile.mkdtemp(prefix="katiedj-bench-"))
     stack: harness.Stack | None = None
     try:
