@@ -14,8 +14,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.db.models import Sum
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -42,9 +41,10 @@ from accounts.services import (
     organization_create,
 )
 from billing.models import Price
+from billing.selectors import revenue_by_network
 from billing.services import BillingError, price_set
 from billing.stripe_gateway import BillingNotConfigured, billing_configured
-from networks.models import ApiKey, Network, UsageHour
+from networks.models import ApiKey, Network
 from networks.selectors import api_key_get_for_org, api_keys_of, network_get_for_org, networks_of
 from networks.services import (
     api_key_create,
@@ -55,7 +55,12 @@ from networks.services import (
     network_unarchive,
     network_update,
 )
+from simulator.models import Simulation, SimulationStatus
+from simulator.selectors import simulation_get_for_org, simulations_of
+from simulator.services import simulation_create, simulation_set_status
+from streaming.selectors import listeners_now
 
+from .charts import BarChart, bar_chart
 from .forms import (
     ApiKeyForm,
     InvitationForm,
@@ -63,7 +68,9 @@ from .forms import (
     OrganizationForm,
     PriceForm,
     RoleForm,
+    SimulationForm,
 )
+from .selectors import usage_by_hour, usage_totals
 
 View = Callable[..., HttpResponse]
 
@@ -83,7 +90,13 @@ def org_view(minimum: Role | None = None) -> Callable[[View], View]:
                 raise PermissionDenied
             try:
                 return view(request, membership, **kwargs)
-            except (NotFound, Network.DoesNotExist, ApiKey.DoesNotExist, Membership.DoesNotExist):
+            except (
+                NotFound,
+                Network.DoesNotExist,
+                ApiKey.DoesNotExist,
+                Membership.DoesNotExist,
+                Simulation.DoesNotExist,
+            ):
                 raise Http404 from None
             except Forbidden:
                 raise PermissionDenied from None
@@ -107,6 +120,7 @@ def _publish_example(request: HttpRequest, created: tuple[ApiKey, str] | None) -
 
 
 def _page(request: HttpRequest, membership: Membership, template: str, **context: Any):
+    context.setdefault("tab", template.removesuffix(".html"))
     context.update(
         membership=membership,
         organization=membership.organization,
@@ -133,18 +147,16 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "frontend/dashboard/start.html", {"form": form})
 
 
-def _usage_since(network_ids: list[int], since: timezone.datetime) -> dict[int, dict]:
-    rows = (
-        UsageHour.objects.filter(network_id__in=network_ids, hour__gte=since)
-        .values("network_id")
-        .annotate(messages=Sum("messages"), bytes=Sum("bytes"))
-    )
-    return {row["network_id"]: row for row in rows}
+def _usage_chart(network_ids: list[int], hours: int) -> tuple[BarChart, int, int]:
+    """The hourly bar chart of ``hours`` hours, total messages and total bytes."""
+    series = usage_by_hour(network_ids=network_ids, hours=hours)
+    chart = bar_chart([(f"{u.hour:%H}:00", u.messages) for u in series], every=max(hours // 8, 1))
+    return chart, sum(u.messages for u in series), sum(u.bytes for u in series)
 
 
 @org_view()
 def organization_home(request: HttpRequest, membership: Membership) -> HttpResponse:
-    """Networks of the organization, with the last 24 hours of usage."""
+    """Networks with 24-hour usage, listeners now, subscribers and revenue; create one."""
     form = NetworkForm()
     if request.method == "POST":
         if not role_at_least(membership.role, Role.ADMIN):
@@ -163,9 +175,42 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
             messages.success(request, f"Network {network.slug} created.")
             return redirect("frontend:network", org=membership.organization.slug, slug=network.slug)
     networks = list(networks_of(organization_id=membership.organization_id))
-    usage = _usage_since([n.id for n in networks], timezone.now() - timedelta(hours=24))
-    rows = [(network, usage.get(network.id)) for network in networks]
-    return _page(request, membership, "organization.html", rows=rows, form=form)
+    ids = [n.id for n in networks]
+    usage = usage_totals(network_ids=ids, since=timezone.now() - timedelta(hours=24))
+    revenue = revenue_by_network(network_ids=ids)
+    listeners = listeners_now(ids)
+    rows = [
+        {
+            "network": network,
+            "messages": usage.get(network.id, {}).get("messages", 0),
+            "bytes": usage.get(network.id, {}).get("bytes", 0),
+            "listeners": listeners.get(network.id, 0),
+            "revenue": revenue[network.id],
+        }
+        for network in networks
+    ]
+    chart, _, _ = _usage_chart(ids, 24)
+    monthly: dict[str, int] = {}
+    for row in rows:
+        for currency, cents in row["revenue"].monthly:
+            monthly[currency] = monthly.get(currency, 0) + cents
+    totals = {
+        "networks": sum(1 for n in networks if not n.is_archived),
+        "messages": sum(row["messages"] for row in rows),
+        "listeners": sum(row["listeners"] for row in rows),
+        "subscribers": sum(row["revenue"].subscribers for row in rows),
+        "monthly": sorted(monthly.items()),
+    }
+    return _page(
+        request,
+        membership,
+        "organization.html",
+        tab="networks",
+        rows=rows,
+        form=form,
+        usage_chart=chart,
+        totals=totals,
+    )
 
 
 @org_view()
@@ -181,14 +226,18 @@ def network_detail(request: HttpRequest, membership: Membership, slug: str) -> H
             network_update(network=Network.objects.get(pk=network.pk), **changes)
             messages.success(request, "Saved.")
             return redirect("frontend:network", org=membership.organization.slug, slug=slug)
-    usage = UsageHour.objects.filter(network=network).order_by("-hour")[:48]
+    chart, messages_48h, bytes_48h = _usage_chart([network.id], 48)
     return _page(
         request,
         membership,
         "network.html",
+        tab="networks",
         network=network,
         form=form,
-        usage=usage,
+        usage_chart=chart,
+        totals={"messages": messages_48h, "bytes": bytes_48h},
+        listeners=listeners_now([network.id]).get(network.id, 0),
+        revenue=revenue_by_network(network_ids=[network.id])[network.id],
         prices=Price.objects.filter(network=network, active=True),
         price_form=PriceForm(),
         billing_configured=billing_configured(),
@@ -213,7 +262,10 @@ def network_price(request: HttpRequest, membership: Membership, slug: str) -> Ht
         except (BillingError, BillingNotConfigured) as error:
             messages.error(request, str(error))
     else:
-        messages.error(request, "Enter an amount of at least 0.50.")
+        problems = "; ".join(
+            f"{form[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
+        )
+        messages.error(request, f"The price was not saved. {problems}")
     return redirect("frontend:network", org=membership.organization.slug, slug=slug)
 
 
@@ -368,3 +420,63 @@ def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, f"Welcome to {membership.organization.name}.")
         return redirect("frontend:org", org=membership.organization.slug)
     return render(request, "frontend/dashboard/invitation.html", {"token": token})
+
+
+SIMULATION_ACTIONS = {
+    "start": SimulationStatus.RUNNING,
+    "pause": SimulationStatus.PAUSED,
+    "stop": SimulationStatus.STOPPED,
+}
+
+
+@org_view()
+def simulations(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """The organization's traffic simulations; admins create, start, pause and stop them."""
+    organization_id = membership.organization_id
+    form = SimulationForm(organization_id=organization_id)
+    if request.method == "POST":
+        if not role_at_least(membership.role, Role.ADMIN):
+            raise PermissionDenied
+        form = SimulationForm(request.POST, organization_id=organization_id)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                simulation = simulation_create(
+                    network_id=data["network"].id,
+                    name=data["name"],
+                    topology=data["topology"],
+                    topology_options=form.topology_options(),
+                    publish_interval_seconds=data["publish_interval_seconds"],
+                )
+            except (ValidationError, ValueError) as error:
+                form.add_error(None, "; ".join(getattr(error, "messages", [str(error)])))
+            else:
+                messages.success(request, f"Simulation {simulation.name} created: start it below.")
+                return redirect("frontend:simulations", org=membership.organization.slug)
+    return _page(
+        request,
+        membership,
+        "simulations.html",
+        simulations=simulations_of(organization_id=organization_id),
+        form=form,
+    )
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def simulation_action(
+    request: HttpRequest, membership: Membership, simulation_id: int, action: str
+) -> HttpResponse:
+    """Start (or resume), pause or stop a simulation."""
+    if action not in SIMULATION_ACTIONS:
+        raise Http404
+    simulation = simulation_get_for_org(
+        organization_id=membership.organization_id, simulation_id=simulation_id
+    )
+    try:
+        simulation_set_status(simulation=simulation, status=SIMULATION_ACTIONS[action])
+    except ValueError as error:  # the model refused its configuration (CFL, turning ratios)
+        messages.error(request, f"{simulation.name} cannot start: {error}")
+    else:
+        messages.success(request, f"{simulation.name} is now {simulation.status}.")
+    return redirect("frontend:simulations", org=membership.organization.slug)

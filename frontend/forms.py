@@ -33,6 +33,13 @@ class NetworkForm(forms.ModelForm):
         model = Network
         fields = ["slug", *NETWORK_EDITABLE_FIELDS]
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+        labels = {
+            "is_public": "Free network (anyone may listen; untick for a paid one)",
+            "max_message_bytes": "Largest message (bytes)",
+            "history_max_messages": "History: messages kept",
+            "history_max_age_seconds": "History: max age (seconds)",
+            "backpressure_buffer": "Backpressure buffer (messages)",
+        }
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -117,3 +124,28 @@ class CatalogueFilterForm(forms.Form):
         self.fields["provider"].choices = [("", "All providers")] + [
             (org.slug, org.name) for org in providers
         ]
+
+
+class SimulationForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    network = forms.ModelChoiceField(queryset=Network.objects.none(), to_field_name="slug")
+    topology = forms.ChoiceField(
+        choices=[("grid", "Manhattan grid"), ("sample_net", "The 13-street demo town")],
+        initial="grid",
+    )
+    rows = forms.IntegerField(min_value=1, max_value=20, initial=4, help_text="Grid only.")
+    cols = forms.IntegerField(min_value=1, max_value=20, initial=4, help_text="Grid only.")
+    publish_interval_seconds = forms.FloatField(
+        min_value=0.2, max_value=86_400, initial=1.0, label="Publish every (seconds)"
+    )
+
+    def __init__(self, *args: object, organization_id: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Only the organization's own live networks can be chosen.
+        self.fields["network"].queryset = Network.objects.filter(
+            organization_id=organization_id, archived_at__isnull=True
+        )
+
+    def topology_options(self) -> dict:
+        data = self.cleaned_data
+        return {"rows": data["rows"], "cols": data["cols"]} if data["topology"] == "grid" else {}

@@ -28,6 +28,12 @@ urlpatterns = [
     path("dashboard/<slug:org>/keys/<int:key_id>/revoke/", dashboard.key_revoke, name="key-revoke"),
     path("dashboard/<slug:org>/keys/<int:key_id>/rotate/", dashboard.key_rotate, name="key-rotate"),
     path("dashboard/<slug:org>/members/", dashboard.members, name="members"),
+    path("dashboard/<slug:org>/simulations/", dashboard.simulations, name="simulations"),
+    path(
+        "dashboard/<slug:org>/simulations/<int:simulation_id>/<str:action>/",
+        dashboard.simulation_action,
+        name="simulation-action",
+    ),
     path(
         "dashboard/<slug:org>/members/<int:member_id>/",
         dashboard.member_update,

@@ -182,3 +182,26 @@ def simulations_due(last_run: dict[int, float], now: float) -> list[int]:
             last_run[simulation_id] = now
             due.append(simulation_id)
     return due
+
+
+def simulation_create(
+    *,
+    network_id: int,
+    name: str,
+    topology: str,
+    topology_options: dict | None = None,
+    publish_interval_seconds: float = 1.0,
+) -> Simulation:
+    """A new, stopped simulation; the model is built once first so a bad town fails here."""
+    simulation = Simulation(
+        name=name,
+        network_id=network_id,
+        topology=topology,
+        topology_options=topology_options or {},
+        publish_interval_seconds=publish_interval_seconds,
+        status=SimulationStatus.STOPPED,
+    )
+    simulation.full_clean()
+    simulation_validate(simulation)
+    simulation.save()
+    return simulation

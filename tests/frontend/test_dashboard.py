@@ -172,7 +172,7 @@ def test_usage_per_network_is_shown(acme, publisher):
         publisher.post("/api/publish", data=body, headers={"API-KEY": acme.secret})
     accounting.rollup_usage()
     page = browser_for(acme.member).get("/dashboard/acme/").content.decode()
-    row = re.search(r"acme-live</code></td>\s*<td>free</td>\s*<td>(\d+)</td>", page)
+    row = re.search(r'<tr data-network="acme-live">.*?<td class="num">(\d+)</td>', page, re.S)
     assert row and row.group(1) == "3"
 
 
