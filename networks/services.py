@@ -24,27 +24,6 @@ from .selectors import NetworkInfo, PublisherKey, anetwork_get_by_slug, apublish
 # --- Networks and keys ------------------------------------------------------------------
 
 
-def network_create(
-    *,
-    organization: Organization,
-    slug: str,
-    name: str = "",
-    description: str = "",
-    is_public: bool = True,
-) -> Network:
-    """Create a network after validating its fields (ValidationError on a bad or taken slug)."""
-    network = Network(
-        organization=organization,
-        slug=slug,
-        name=name or slug,
-        description=description,
-        is_public=is_public,
-    )
-    network.full_clean()
-    network.save()
-    return network
-
-
 NETWORK_EDITABLE_FIELDS = (
     "name",
     "description",
@@ -55,6 +34,37 @@ NETWORK_EDITABLE_FIELDS = (
     "backpressure",
     "backpressure_buffer",
 )
+
+
+def network_create(
+    *,
+    organization: Organization,
+    slug: str,
+    name: str = "",
+    description: str = "",
+    is_public: bool = True,
+    **settings: Any,
+) -> Network:
+    """Create a network after validating its fields (ValidationError on a bad or taken slug).
+
+    ``settings`` are any of the other editable fields (``NETWORK_EDITABLE_FIELDS``).
+    """
+    unknown = set(settings) - set(NETWORK_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not settable: {', '.join(sorted(unknown))}")
+    network = Network(
+        organization=organization,
+        slug=slug,
+        name=name or slug,
+        description=description,
+        is_public=is_public,
+        **settings,
+    )
+    network.full_clean()
+    network.save()
+    return network
+
+
 
 
 def network_update(*, network: Network, **changes: Any) -> Network:
@@ -104,6 +114,7 @@ def api_key_create(
     scopes: list[str] | None = None,
     expires_at: datetime | None = None,
     created_by: User | None = None,
+    rate_limit_per_second: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key scoped to ``networks`` of ``organization``; return it and its secret.
 
@@ -130,6 +141,7 @@ def api_key_create(
         scopes=scopes,
         expires_at=expires_at,
         created_by=created_by,
+        rate_limit_per_second=rate_limit_per_second,
     )
     api_key.networks.set(networks)
     return api_key, raw_key

@@ -57,7 +57,15 @@ def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         awaited = coro.send(None)
     except StopIteration:
         return None
-    return asyncio.ensure_future(_finish(coro, awaited))
+    return asyncio.ensure_future(_finish(coro, _unblock(awaited)))
+
+
+def _unblock(awaited: Any) -> Any:
+    # What a Task does with a future its coroutine yields: without this, awaiting it again
+    # fails with "await wasn't used with future".
+    if getattr(awaited, "_asyncio_future_blocking", False):
+        awaited._asyncio_future_blocking = False
+    return awaited
 
 
 async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
@@ -68,14 +76,17 @@ async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
                 await asyncio.sleep(0)  # a bare yield
             else:
                 await awaited
+        except GeneratorExit:
+            coro.close()  # this task is being destroyed: so is the send
+            raise
         except BaseException as exc:
             try:
-                awaited = coro.throw(exc)
+                awaited = _unblock(coro.throw(exc))
             except StopIteration:
                 return
         else:
             try:
-                awaited = coro.send(None)
+                awaited = _unblock(coro.send(None))
             except StopIteration:
                 return
 

@@ -15,6 +15,12 @@ class Command(BaseCommand):
             "--network", action="append", required=True, help="Network slug (repeatable)"
         )
         parser.add_argument(
+            "--rate-limit",
+            type=int,
+            default=None,
+            help="Messages per second (burst twice that); default PUBLISH_RATE_PER_SECOND",
+        )
+        parser.add_argument(
             "--key", default=None, help="Import this exact string (e.g. an original Katie DJ key)"
         )
 
@@ -35,6 +41,7 @@ class Command(BaseCommand):
                 name=str(options["name"]),
                 networks=networks,
                 raw_key=options["key"],  # type: ignore[arg-type]
+                rate_limit_per_second=options["rate_limit"],  # type: ignore[arg-type]
             )
         except ValueError as error:
             raise CommandError(str(error)) from None

@@ -1,0 +1,222 @@
+"""The fan-out hub and each listener's outbox, with a socket whose buffer can fill up.
+
+``Socket.send`` behaves like an ASGI server's: it returns at once while the transport is
+writable and waits while it is not. The end-to-end counterparts, with real stalled TCP
+sockets, are in ``tests/e2e/test_backpressure.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from networks.selectors import NetworkInfo
+from streaming import metrics
+from streaming.fanout import CONFLATE, DISCONNECT, DROP, FanoutHub, Outbox, start_eagerly
+
+
+class Socket:
+    """A listener's socket: records frames; ``stall()`` makes sends wait until ``resume()``."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.sends_started = 0
+
+    async def send(self, event: dict) -> None:
+        self.sends_started += 1
+        await self.writable.wait()
+        self.frames.append(event["text"])
+
+    def stall(self) -> None:
+        self.writable.clear()
+
+    def resume(self) -> None:
+        self.writable.set()
+
+    def seqs(self) -> list[int]:
+        return [json.loads(f)["seq"] for f in self.frames if "seq" in json.loads(f)]
+
+    def gaps(self) -> list[dict]:
+        return [json.loads(f) for f in self.frames if json.loads(f).get("type") == "gap"]
+
+
+def message(seq: int) -> dict:
+    return {"type": "websocket.send", "text": json.dumps({"seq": seq})}
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_send_that_does_not_wait_completes_without_a_task():
+    socket = Socket()
+    task = start_eagerly(socket.send(message(1)))
+    assert task is None
+    assert socket.frames == [json.dumps({"seq": 1})]
+
+
+async def test_a_send_that_waits_finishes_in_a_task_once_the_socket_drains():
+    socket = Socket()
+    socket.stall()
+    task = start_eagerly(socket.send(message(1)))
+    assert task is not None and socket.frames == []
+    socket.resume()
+    await task
+    assert socket.frames == [json.dumps({"seq": 1})]
+
+
+async def test_a_send_still_waiting_when_its_task_first_runs_finishes_later():
+    socket = Socket()
+    socket.stall()
+    first = start_eagerly(socket.send(message(1)))
+    second = start_eagerly(socket.send(message(2)))
+    await settle()  # both tasks run while the socket is still full
+    assert not first.done() and socket.frames == []
+    socket.resume()
+    await asyncio.gather(first, second)
+    assert socket.seqs() == [1, 2]
+
+
+async def test_an_error_inside_a_waiting_send_reaches_its_task():
+    gate = asyncio.Event()
+
+    async def failing_send() -> None:
+        await gate.wait()
+        raise ConnectionResetError("peer went away")
+
+    task = start_eagerly(failing_send())
+    gate.set()
+    with pytest.raises(ConnectionResetError):
+        await task
+
+
+async def test_a_listener_that_keeps_up_gets_every_message_in_order():
+    socket = Socket()
+    outbox = Outbox(send=socket.send)
+    for seq in range(1, 101):
+        outbox.offer(seq, message(seq))
+    assert socket.seqs() == list(range(1, 101))
+    assert outbox.delivered == 100
+
+
+async def test_conflate_keeps_only_the_latest_message_for_a_stalled_listener():
+    socket = Socket()
+    outbox = Outbox(send=socket.send, policy=CONFLATE)
+    outbox.offer(1, message(1))
+    socket.stall()
+    for seq in range(2, 12):  # 2 waits in the socket; 3..11 are held back
+        outbox.offer(seq, message(seq))
+    assert len(outbox.backlog) == 1  # memory stays bounded whatever the listener does
+    socket.resume()
+    await settle()
+    assert socket.seqs() == [1, 2, 11]
+    assert outbox.conflated == 8  # 3..10 were replaced by a newer sample
+    assert socket.gaps() == []
+
+
+async def test_drop_keeps_the_newest_and_reports_the_gap_before_them():
+    socket = Socket()
+    outbox = Outbox(send=socket.send, policy=DROP, buffer=3)
+    outbox.offer(1, message(1))
+    socket.stall()
+    for seq in range(2, 12):  # 2 waits in the socket; 3..11 compete for 3 places
+        outbox.offer(seq, message(seq))
+    assert len(outbox.backlog) == 3
+    socket.resume()
+    await settle()
+    assert socket.seqs() == [1, 2, 9, 10, 11]
+    assert socket.gaps() == [{"type": "gap", "missed": 6, "from_seq": 3, "to_seq": 8}]
+    assert outbox.dropped == 6
+    # Caught up: the next message goes straight out again.
+    outbox.offer(12, message(12))
+    assert socket.seqs()[-1] == 12
+
+
+async def test_disconnect_closes_a_listener_that_falls_a_buffer_behind():
+    socket = Socket()
+    too_slow: list[bool] = []
+    outbox = Outbox(
+        send=socket.send, policy=DISCONNECT, buffer=3, on_too_slow=lambda: too_slow.append(True)
+    )
+    outbox.offer(1, message(1))
+    socket.stall()
+    for seq in range(2, 6):  # 2 waits; 3, 4, 5 fill the buffer
+        outbox.offer(seq, message(seq))
+    assert too_slow == []
+    outbox.offer(6, message(6))
+    assert too_slow == [True]
+    for seq in range(7, 20):
+        outbox.offer(seq, message(seq))
+    assert too_slow == [True]  # told once
+    assert len(outbox.backlog) == 0  # nothing more is kept for it
+
+
+async def test_live_messages_wait_for_the_replay_and_skip_what_it_sent():
+    socket = Socket()
+    outbox = Outbox(send=socket.send, policy=CONFLATE)
+    outbox.begin_replay()
+    for seq in (5, 6, 7):  # live while history is being sent: none may be conflated away
+        outbox.offer(seq, message(seq))
+    assert socket.frames == []
+    outbox.end_replay(last_replayed=6)  # the replay reached 6
+    assert socket.seqs() == [7]
+
+
+def network(network_id: int = 1) -> NetworkInfo:
+    return NetworkInfo(id=network_id, slug=f"net-{network_id}", organization_id=1, is_public=True)
+
+
+async def test_one_stalled_listener_does_not_hold_up_the_others(settings):
+    settings.REDIS_URL = ""
+    hub = FanoutHub()
+    fast, stalled = Socket(), Socket()
+    fast_box, stalled_box = Outbox(send=fast.send), Outbox(send=stalled.send, policy=DROP, buffer=2)
+    await hub.join(network(), fast_box)
+    await hub.join(network(), stalled_box)
+    stalled.stall()
+    for seq in range(1, 51):
+        hub.deliver(1, seq, "2026-11-27T00:00:00Z", json.dumps({"seq": seq}), 0.0)
+    assert fast.seqs() == list(range(1, 51))
+    assert stalled.frames == [] and len(stalled_box.backlog) == 2
+    stalled.resume()
+    await settle()
+    assert stalled.gaps() == [{"type": "gap", "missed": 47, "from_seq": 2, "to_seq": 48}]
+    assert stalled.seqs() == [1, 49, 50]
+    await hub.leave(1, fast_box)
+    await hub.leave(1, stalled_box)
+
+
+async def test_the_envelope_is_built_once_per_message_for_all_who_asked(settings):
+    settings.REDIS_URL = ""
+    hub = FanoutHub()
+    bare, first, second = Socket(), Socket(), Socket()
+    boxes = [Outbox(send=bare.send), Outbox(send=first.send, envelope=True)]
+    boxes.append(Outbox(send=second.send, envelope=True))
+    for box in boxes:
+        await hub.join(network(), box)
+    hub.deliver(1, 7, "2026-11-27T00:00:00.000001Z", '{"v":1}', 0.0)
+    assert bare.frames == ['{"v":1}']
+    envelope = json.loads(first.frames[0])
+    assert envelope == {"seq": 7, "ts": "2026-11-27T00:00:00.000001Z", "network": "net-1", "data": {"v": 1}}  # fmt: skip
+    assert first.frames[0] is second.frames[0]  # the same string object: encoded once
+
+
+async def test_leaving_ends_delivery_and_the_counts_follow(settings):
+    settings.REDIS_URL = ""
+    metrics.current.reset()
+    hub = FanoutHub()
+    socket = Socket()
+    box = Outbox(send=socket.send)
+    await hub.join(network(3), box)
+    assert hub.listener_counts() == {3: 1}
+    assert metrics.current.connections[3] == 1
+    await hub.leave(3, box)
+    hub.deliver(3, 1, "2026-11-27T00:00:00Z", "{}", 0.0)
+    assert socket.frames == []
+    assert hub.listener_counts() == {}
+    assert metrics.current.connections[3] == 0
