@@ -626,7 +626,11 @@ class ServerProbe:
         self.pids = [server.process.pid for server in stack.servers if server.process]
 
     def cpu(self) -> float:
-        return sum(proc_cpu_seconds(pid) for pid in self.pids)
+        return sum(self.cpu_each())
+
+    def cpu_each(self) -> list[float]:
+        """CPU seconds of each server process, in ``pids`` order."""
+        return [proc_cpu_seconds(pid) for pid in self.pids]
 
     def rss_kib(self) -> int:
         return sum(proc_status_kib(pid, "VmRSS") for pid in self.pids)
@@ -644,7 +648,7 @@ class Window:
     expected: int
     drained: Drain
     wall: float
-    server_cpu: float
+    server_cpu_each: list[float]
     client_cpu: float
     redis: dict[str, float] | None
     machine: dict[str, Any]
@@ -740,7 +744,7 @@ class Session:
         self.next_id += round(rate * duration)
         tally.first_id, tally.received = first_id, 0
         starts = [len(item.ids) for item in self.listeners]
-        server_cpu0, client_cpu0 = probe.cpu(), self_cpu_seconds()
+        server_cpu0, client_cpu0 = probe.cpu_each(), self_cpu_seconds()
         redis0 = self.redis_stats.sample()
         cores0, processes0 = core_jiffies(), process_cpu_table()
         wall0 = time.perf_counter()
@@ -755,7 +759,9 @@ class Session:
             expected=expected,
             drained=drained,
             wall=wall,
-            server_cpu=probe.cpu() - server_cpu0,
+            server_cpu_each=[
+                after - before for before, after in zip(server_cpu0, probe.cpu_each(), strict=True)
+            ],
             client_cpu=self_cpu_seconds() - client_cpu0,
             redis=RedisStats.delta(redis0, self.redis_stats.sample()),
             machine={
@@ -786,7 +792,8 @@ class Session:
         log, cfg = window.log, self.cfg
         counted = deliveries(self.listeners, log, window.starts)
         delivered = counted["delivered"]
-        wall, server_cpu, client_cpu = window.wall, window.server_cpu, window.client_cpu
+        wall, client_cpu = window.wall, window.client_cpu
+        server_cpu = sum(window.server_cpu_each)
         not_sent = log.statuses.get(NOT_SENT, 0)
         return {
             "publish": {
@@ -816,6 +823,7 @@ class Session:
             "cpu": {
                 "window_s": round(wall, 3),
                 "server_s": round(server_cpu, 3),
+                "server_s_each": [round(seconds, 3) for seconds in window.server_cpu_each],
                 "server_util": round(server_cpu / wall / server_cores(cfg), 3),
                 "server_us_per_delivery": (
                     round(server_cpu / delivered * 1e6, 1) if delivered else None
@@ -964,6 +972,13 @@ def report_header(program: str, config: dict[str, Any], payload_bytes: int) -> d
     }
 
 
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    """The JSON report to ``path``, if one was asked for."""
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     prepare_load_process(cfg)
@@ -979,9 +994,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(render(report))
-    if cfg.json_path:
-        Path(cfg.json_path).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {cfg.json_path}")
+    write_report(report, cfg.json_path)
     return 0
 
 
