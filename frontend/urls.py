@@ -6,6 +6,7 @@ app_name = "frontend"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("networks/", views.catalogue, name="catalogue"),
     path("docs/", views.docs, name="docs"),
     path("account/", views.account, name="account"),

@@ -8,8 +8,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.utils import timezone
 
 from accounts.models import PersonalToken
@@ -37,6 +38,11 @@ def _base_urls(request: HttpRequest) -> dict[str, str]:
     http = request.build_absolute_uri("/").rstrip("/")
     ws = ("wss://" if request.is_secure() else "ws://") + request.get_host()
     return {"base_url": http, "ws_base": ws}
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page says: point them at the SVG icon."""
+    return HttpResponsePermanentRedirect(static("frontend/favicon.svg"))
 
 
 def home(request: HttpRequest) -> HttpResponse:

@@ -188,6 +188,18 @@ def test_the_docs_cover_publishing_listening_tokens_and_close_codes(db, settings
         assert f"<td>{code}</td>" in page, code
 
 
+def test_sign_up_and_log_in_wear_the_portal_layout(db):
+    for path in ("/accounts/signup/", "/accounts/login/"):
+        page = Client().get(path).content.decode()
+        assert 'class="card auth-card"' in page and "katiedj.css" in page, path
+        assert 'href="/docs/"' in page, path
+
+
+def test_favicon_requests_get_the_svg_icon(db):
+    response = Client().get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("frontend/favicon.svg")
+
+
 def test_an_unknown_page_is_a_styled_404(db):
     response = Client().get("/no/such/page/")
     assert response.status_code == 404

@@ -4,7 +4,7 @@
 //
 // DOM contract (browser tests rely on it): #live-view[data-network], #live-status[data-state]
 // in {connecting, live, reconnecting, not-entitled, closed}, and #live-messages > .live-message
-// [data-seq] whose text holds JSON.stringify(data), newest first.
+// [data-seq] whose text holds the compact JSON of data (as published), newest first.
 
 const MAX_MESSAGES = 50;
 const MAX_POINTS = 120;
@@ -126,7 +126,21 @@ function Connection(root, view) {
     if (lastSeq !== null && frame.seq <= lastSeq) return; // already shown (a replay overlap)
     lastSeq = frame.seq;
     authFailures = 0;
-    view.message(frame.seq, frame.ts, frame.data);
+    view.message(frame.seq, frame.ts, frame.data, rawData(text));
+  }
+
+  // The data exactly as published (the server serializes it once; the envelope wraps those
+  // characters last), so 10.0 shows as 10.0. Anything unexpected: JSON.stringify instead.
+  function rawData(text) {
+    const at = text.indexOf(',"data":');
+    if (at < 0 || !text.endsWith("}")) return null;
+    const raw = text.slice(at + 8, -1);
+    try {
+      JSON.parse(raw);
+      return raw;
+    } catch (error) {
+      return null;
+    }
   }
 
   function closed(code) {
@@ -222,7 +236,7 @@ function LiveView(root, topology) {
   const known = new Set();
   let dirty = false;
 
-  this.message = (seq, ts, data) => {
+  this.message = (seq, ts, data, raw) => {
     received += 1;
     const item = document.createElement("li");
     item.className = "live-message";
@@ -236,7 +250,7 @@ function LiveView(root, topology) {
     time.textContent = when.toLocaleTimeString();
     const json = document.createElement("code");
     json.className = "json";
-    json.textContent = JSON.stringify(data);
+    json.textContent = raw || JSON.stringify(data);
     item.append(seqSpan, time, json);
     list.prepend(item);
     while (list.children.length > MAX_MESSAGES) list.lastElementChild.remove();
