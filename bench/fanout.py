@@ -928,6 +928,7 @@ def render(report: dict[str, Any]) -> str:
         ("latency ms due->receive", dlv["latency_from_due_ms"]),
         ("server CPU s (util of its cores)", f"{cpu['server_s']:.2f} s over {cpu['window_s']:.1f} s"
                                              f" ({cpu['server_util']:.0%})"),
+        ("  per process (CPU s)", " / ".join(f"{x:.2f}" for x in cpu["server_s_each"])),
         ("server CPU us / delivered msg", cpu["server_us_per_delivery"]),
         ("client CPU s (util of 1 core)", f"{cpu['client_s']:.2f} s ({cpu['client_util']:.0%})"),
         ("client CPU us / delivered msg", cpu["client_us_per_delivery"]),
