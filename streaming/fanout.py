@@ -32,6 +32,7 @@ from networks.selectors import NetworkInfo
 from networks.services import envelope_text
 
 from . import metrics
+from .occupancy import reporter as occupancy
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +270,6 @@ class FanoutHub:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._last_seq: dict[int, int] = {}  # last message seen per network (for catch-up)
-        self.on_occupancy_change: Callable[[int, int], None] | None = None
 
     # --- Joining and leaving -----------------------------------------------------------
 
@@ -289,8 +289,7 @@ class FanoutHub:
                 entry.subscribed.set()
         entry.outboxes.add(outbox)
         metrics.listener_joined(network.id)
-        if self.on_occupancy_change is not None:
-            self.on_occupancy_change(network.id, len(entry.outboxes))
+        occupancy.note(network.id, len(entry.outboxes))
         if not entry.subscribed.is_set():
             # Confirmed by Redis, so a replay that follows cannot miss a message.
             with contextlib.suppress(TimeoutError):
@@ -304,8 +303,7 @@ class FanoutHub:
         entry.outboxes.discard(outbox)
         outbox.closed = True
         metrics.listener_left(network_id)
-        if self.on_occupancy_change is not None:
-            self.on_occupancy_change(network_id, len(entry.outboxes))
+        occupancy.note(network_id, len(entry.outboxes))
         if entry.outboxes:
             return
         del self.networks[network_id]
