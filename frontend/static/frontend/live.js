@@ -272,7 +272,8 @@ function LiveView(root, topology) {
     const item = document.createElement("li");
     item.className = "live-gap";
     item.setAttribute("role", "note");
-    item.textContent = `${frame.missed} message${frame.missed === 1 ? "" : "s"} (seq ${frame.from_seq}–${frame.to_seq}) were published while you were away and are no longer in the history.`;
+    // Honest about both causes: dropped from the history, or numbers a restart never used.
+    item.textContent = `Gap: seq ${frame.from_seq}–${frame.to_seq} (${frame.missed}) is not in the history — published while you were away and no longer kept, or skipped by a server restart.`;
     list.prepend(item);
     empty.hidden = true;
   };
@@ -447,6 +448,7 @@ function LiveView(root, topology) {
           line.setAttribute("stroke", ramp(value / (street.jam || 125)));
           line.querySelector("title").textContent = `${street.name}: ${value.toFixed(1)} veh/km`;
           line.classList.toggle("selected", selected.includes(id));
+          line.style.filter = selected.includes(id) ? `drop-shadow(0 0 4px ${colorOf(id)})` : "";
           line.setAttribute("aria-pressed", selected.includes(id) ? "true" : "false");
         }
       },
