@@ -45,6 +45,7 @@ class SimulationSerializer(serializers.ModelSerializer):
             "steps_per_publish",
             "publish_interval_seconds",
             "extras",
+            "only_while_listened",
             "status",
             "step",
             "sim_time",

@@ -46,6 +46,10 @@ class Simulation(models.Model):
     status = models.CharField(
         max_length=10, choices=SimulationStatus.choices, default=SimulationStatus.STOPPED
     )
+    only_while_listened = models.BooleanField(
+        default=False,
+        help_text="Step only while the network has listeners (saves CPU; time stands still).",
+    )
     # The model's saved state (np.savez bytes) after ``step`` steps; empty: start fresh.
     state = models.BinaryField(blank=True, default=b"", editable=False)
     step = models.PositiveBigIntegerField(default=0, editable=False)

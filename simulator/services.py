@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from networks.selectors import network_get_by_slug
 from networks.services import message_publish
+from streaming.selectors import listeners_now
 
 from .model import ModelParams, TrafficModel, load_sumo_net, manhattan_grid, sample_net
 from .model.topology import Topology as ModelTopology
@@ -140,6 +141,8 @@ def simulation_tick(*, simulation_id: int) -> int | None:
         network = network_get_by_slug(slug=simulation.network.slug)
         if network is None or network.archived:
             return None
+        if simulation.only_while_listened and not listeners_now([network.id])[network.id]:
+            return None  # nobody listens: the model waits (occupancy, across processes)
         from .output import sample_payload
 
         model = build_model(simulation)

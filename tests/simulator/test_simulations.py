@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -132,3 +133,26 @@ def test_the_embedded_runner_ticks_running_simulations_when_due(sample):
     assert run_due_simulations(last_run, 1000.5) == []
     sample.refresh_from_db()
     assert sample.step == 5
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_listened_only_simulation_waits_for_its_first_listener(sample):
+    from streaming.selectors import listeners_now
+
+    sample.only_while_listened = True
+    await sample.asave(update_fields=["only_while_listened"])
+    assert await sync_to_async(simulation_tick)(simulation_id=sample.pk) is None  # nobody
+
+    communicator = WebsocketCommunicator(application, "/macro/sample/")
+    assert (await communicator.connect())[0]
+    async with asyncio.timeout(3):  # occupancy is written a moment after the connect
+        while True:
+            if (await sync_to_async(listeners_now)([sample.network_id]))[sample.network_id]:
+                break
+            await asyncio.sleep(0.02)
+    assert await sync_to_async(simulation_tick)(simulation_id=sample.pk) == 5
+    assert json.loads(await communicator.receive_from(timeout=5))["step"] == 5
+    await communicator.disconnect()
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
