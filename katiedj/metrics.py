@@ -1,7 +1,7 @@
 """This process's streaming counters, exported in Prometheus text format by ``/metrics``.
 
 Plain integers and fixed-bucket histograms updated on the event loop thread (no locks);
-``katiedj.metrics`` renders them together with the cross-process figures from Redis.
+``streaming.views.metrics`` renders them with the cross-process figures from Redis.
 """
 
 from __future__ import annotations
@@ -80,3 +80,71 @@ def listener_skipped(policy: str) -> None:
 def publish_handled(status: int, seconds: float) -> None:
     current.published[status] += 1
     current.publish_latency.observe(seconds)
+
+
+# --- Prometheus text format ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkStats:
+    """Cross-process figures for one network (from Redis, or memory when embedded)."""
+
+    slug: str
+    listeners: int
+    messages: int  # published so far: the network's last sequence number
+    history: int  # messages kept for resuming listeners
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+
+
+def _histogram(lines: list[str], name: str, help_text: str, histogram: Histogram) -> None:
+    _family(lines, name, "histogram", help_text)
+    for bound, count in histogram.cumulative():
+        lines.append(f'{name}_bucket{{le="{bound}"}} {count}')
+    lines.append(f"{name}_sum {histogram.total}")
+    lines.append(f"{name}_count {histogram.count}")
+
+
+def render_prometheus(networks: list[NetworkStats], process: str) -> str:
+    """The exposition text: cross-process gauges per network, then this process's counters."""
+    lines: list[str] = []
+    per_network = [
+        ("katiedj_listeners", "gauge", "Listeners connected now, all processes", "listeners"),
+        ("katiedj_messages_published_total", "counter", "Messages published", "messages"),
+        ("katiedj_history_messages", "gauge", "Messages kept for resuming", "history"),
+    ]
+    for name, kind, help_text, attribute in per_network:
+        _family(lines, name, kind, help_text)
+        for stats in networks:
+            lines.append(f'{name}{{network="{_label(stats.slug)}"}} {getattr(stats, attribute)}')
+    proc = f'process="{_label(process)}"'
+    _family(lines, "katiedj_process_listeners", "gauge", "Listeners on this process")
+    lines.append(f"katiedj_process_listeners{{{proc}}} {sum(current.connections.values())}")
+    scalars = [
+        ("katiedj_connections_opened_total", "Listener connections admitted", "connections_opened"),
+        ("katiedj_messages_fanned_out_total", "Messages fanned out", "messages_fanned_out"),
+        ("katiedj_deliveries_total", "Frames handed to listeners", "deliveries"),
+    ]
+    for name, help_text, attribute in scalars:
+        _family(lines, name, "counter", f"{help_text} by this process")
+        lines.append(f"{name}{{{proc}}} {getattr(current, attribute)}")
+    _family(lines, "katiedj_listener_skipped_total", "counter", "Messages a lagging listener "
+            "never got, by backpressure policy (this process)")  # fmt: skip
+    for policy in ("conflate", "drop", "disconnect"):
+        lines.append(f'katiedj_listener_skipped_total{{{proc},policy="{policy}"}} '
+                     f"{current.skipped[policy]}")  # fmt: skip
+    _family(lines, "katiedj_publish_requests_total", "counter", "Publish requests by status")
+    for status, count in sorted(current.published.items()):
+        lines.append(f'katiedj_publish_requests_total{{{proc},status="{status}"}} {count}')
+    _histogram(lines, "katiedj_publish_seconds", "Publish request handling time (this process)",
+               current.publish_latency)  # fmt: skip
+    _histogram(lines, "katiedj_fanout_seconds", "Publish to hand-over to listeners "
+               "(this process)", current.fanout_latency)  # fmt: skip
+    return "\n".join(lines) + "\n"

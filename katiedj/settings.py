@@ -245,6 +245,9 @@ PUBLISH_LOCAL_CACHE_SECONDS = float(os.environ.get("PUBLISH_LOCAL_CACHE_SECONDS"
 # override it. Answered with 429 and Retry-After.
 PUBLISH_RATE_PER_SECOND = env_int("PUBLISH_RATE_PER_SECOND", 50)
 
+# /metrics (Prometheus): with a token, only its bearer may scrape; without, loopback only.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # Paid listening: entitlement tokens live this long at most (seconds); a past_due
 # subscription keeps its rights this long (seconds) before they end.
 ENTITLEMENT_TOKEN_SECONDS = env_int("ENTITLEMENT_TOKEN_SECONDS", 15 * 60)

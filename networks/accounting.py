@@ -315,6 +315,22 @@ def _entry(entry_id: bytes, fields: dict) -> tuple[int, str, str]:
     return _entry_seq(entry_id), fields[b"t"].decode(), fields[b"f"].decode()
 
 
+def history_stats(network_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Network id → (last sequence number, messages kept in history), for monitoring."""
+    if not settings.REDIS_URL:
+        with local_history._lock:
+            kept = {n: list(local_history.entries.get(n, ())) for n in network_ids}
+        return {n: (e[-1][0] if e else 0, len(e)) for n, e in kept.items()}
+    pipe = redis_client().pipeline(transaction=False)
+    for network_id in network_ids:
+        pipe.get(redis_key("seq", network_id))
+        pipe.xlen(history_key(network_id))
+    replies = pipe.execute()
+    return {
+        n: (int(replies[2 * i] or 0), int(replies[2 * i + 1])) for i, n in enumerate(network_ids)
+    }
+
+
 def retry_after_header(retry_after: float) -> str:
     """Whole seconds, at least 1 (the header takes an integer)."""
     return str(max(1, math.ceil(retry_after)))

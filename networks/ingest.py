@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import redis
+
+from katiedj import metrics
 
 from .accounting import ahistory_since, retry_after_header
 from .models import KeyScope
@@ -135,6 +138,13 @@ class PublishApp:
                     return b"".join(chunks)
 
         raw_key = _rest_key(scope) if route.rest else _header(scope, b"api-key")
+        started = time.perf_counter()
+        status = await self._publish(scope, send, route, raw_key, read_body)
+        if status:
+            metrics.publish_handled(status, time.perf_counter() - started)
+
+    async def _publish(self, scope: Scope, send: Any, route: PublishRoute, raw_key, read_body):
+        """Publish and answer; returns the status sent (0 if the client went away)."""
         try:
             message = await publish_request(
                 raw_key=raw_key,
@@ -143,9 +153,9 @@ class PublishApp:
                 network_slug=route.slug,
             )
         except PublishError as error:
-            await self._send_error(send, route, error)
+            return await self._send_error(send, route, error)
         except ClientDisconnected:
-            return
+            return 0
         except (redis.RedisError, OSError):
             # Nothing was fanned out; the generator should retry. The key is never logged.
             logger.exception("publish failed: the channel layer or cache is unreachable")
@@ -155,8 +165,10 @@ class PublishApp:
                 {"error": "Service unavailable, retry shortly", "code": "unavailable"},
                 [(b"retry-after", b"1")],
             )
-        else:
-            await _send_json(send, 201 if route.rest else 200, message.receipt())
+            return 503
+        status = 201 if route.rest else 200
+        await _send_json(send, status, message.receipt())
+        return status
 
     @staticmethod
     async def _history(scope: Scope, send: Any, route: PublishRoute) -> None:
@@ -189,7 +201,12 @@ class PublishApp:
             body = {"error": "since and limit must be integers", "code": "invalid"}
             await _send_json(send, 400, body)
             return
-        entries, oldest = await ahistory_since(network_id=network.id, since=since, limit=limit)
+        entries, oldest = await ahistory_since(
+            network_id=network.id,
+            since=since,
+            limit=limit,
+            max_age_seconds=network.history_max_age_seconds,
+        )
         # The stored frames are JSON already: splice them in rather than parse them again.
         messages = ",".join(
             envelope_text(seq=seq, ts=ts, network=network.slug, frame=frame)
@@ -213,13 +230,13 @@ class PublishApp:
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    async def _send_error(send: Any, route: PublishRoute, error: PublishError) -> None:
+    async def _send_error(send: Any, route: PublishRoute, error: PublishError) -> int:
         headers: list[tuple[bytes, bytes]] = []
         if isinstance(error, RateLimitedError):
             headers.append((b"retry-after", retry_after_header(error.retry_after).encode()))
         if not route.rest:
             await _send_json(send, error.status, {"error": error.message}, headers)
-            return
+            return error.status
         status, payload = error.status, {"error": error.message, "code": error.code}
         if error.code in ("api_key_missing", "api_key_invalid"):
             status, headers = 401, [(b"www-authenticate", b'Bearer realm="publish"')]
@@ -227,3 +244,4 @@ class PublishApp:
             # REST convention: another tenant's network is indistinguishable from none.
             status, payload = 404, {"error": "Network not found", "code": "network_not_found"}
         await _send_json(send, status, payload, headers)
+        return status

@@ -26,12 +26,12 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from katiedj import metrics
 from networks.accounting import add_local_receiver, ahistory_since, fanout_channel
 from networks.redis_clients import async_redis_client
 from networks.selectors import NetworkInfo
 from networks.services import envelope_text
 
-from . import metrics
 from .occupancy import reporter as occupancy
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import json
 
 import pytest
 
+from katiedj import metrics
 from networks.selectors import NetworkInfo
-from streaming import metrics
 from streaming.fanout import CONFLATE, DISCONNECT, DROP, FanoutHub, Outbox, start_eagerly
 
 
