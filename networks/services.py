@@ -65,8 +65,6 @@ def network_create(
     return network
 
 
-
-
 def network_update(*, network: Network, **changes: Any) -> Network:
     """Update editable fields (the slug is permanent: listeners and generators use it)."""
     unknown = set(changes) - set(NETWORK_EDITABLE_FIELDS)
