@@ -53,6 +53,10 @@ PORT = env_int("PORT", 8000)
 WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 # Largest frame a listener may send (they have nothing to say; the server closes with 1009).
 WEBSOCKET_MAX_INBOUND_BYTES = env_int("WEBSOCKET_MAX_INBOUND_BYTES", 4096)
+# The server pings every listener this often and drops one that has not answered a ping
+# within the timeout: dead peers are reaped even when TCP never reports them.
+WEBSOCKET_PING_INTERVAL = float(os.environ.get("WEBSOCKET_PING_INTERVAL", "") or 20)
+WEBSOCKET_PING_TIMEOUT = float(os.environ.get("WEBSOCKET_PING_TIMEOUT", "") or 20)
 
 VAR_DIR = Path(os.environ.get("KATIEDJ_VAR_DIR", BASE_DIR / "var"))
 

@@ -39,6 +39,8 @@ class Command(BaseCommand):
             lifespan="off",
             # Listeners have nothing to say; a large inbound frame is abuse.
             ws_max_size=settings.WEBSOCKET_MAX_INBOUND_BYTES,
+            ws_ping_interval=settings.WEBSOCKET_PING_INTERVAL,
+            ws_ping_timeout=settings.WEBSOCKET_PING_TIMEOUT,
             # Compression would run once per listener per message: the opposite of
             # serializing once. Measured in bench/README.md.
             ws_per_message_deflate=False,
