@@ -143,6 +143,22 @@ def test_networks_are_created_validated_and_edited(acme, as_user):
     assert slug_change.status_code == 400
 
 
+def test_a_provider_chooses_what_slow_listeners_get(acme, as_user):
+    admin = as_user(acme.admin)
+    url = f"/api/v1/orgs/acme/networks/{acme.network.slug}/"
+    assert admin.get(url).json()["backpressure"] == "conflate"  # the default: latest only
+    changed = admin.patch(url, {"backpressure": "drop", "backpressure_buffer": 20}, format="json")
+    assert changed.status_code == 200
+    assert (changed.json()["backpressure"], changed.json()["backpressure_buffer"]) == ("drop", 20)
+    unknown = admin.patch(url, {"backpressure": "block"}, format="json")
+    assert unknown.status_code == 400
+    assert "backpressure" in str(unknown.json())  # the error names the field
+    zero = admin.patch(url, {"backpressure_buffer": 0}, format="json")
+    assert zero.status_code == 400
+    member = as_user(acme.member).patch(url, {"backpressure": "disconnect"}, format="json")
+    assert member.status_code == 403
+
+
 def test_a_network_size_limit_applies_to_publishes(acme, as_user, publisher):
     as_user(acme.admin).patch(
         "/api/v1/orgs/acme/networks/acme-live/", {"max_message_bytes": 256}, format="json"
