@@ -358,10 +358,11 @@ async def test_reconnects_after_server_restart_on_same_port(
     assert any("cannot connect" in r.getMessage() for r in caplog.records)
 
 
-async def test_non_fatal_close_code_reconnects() -> None:
+@pytest.mark.parametrize("code", [1011, 4413])  # an internal error; "you read too slowly"
+async def test_non_fatal_close_code_reconnects(code: int) -> None:
     async def flaky(ws: ServerConnection, nth: int) -> None:
         if nth == 1:
-            await ws.close(1011, "internal error")
+            await ws.close(code, "closing")
 
     srv = BroadcastServer(on_connect=flaky)
     await srv.start()

@@ -30,11 +30,13 @@ logger = logging.getLogger("katiedj_client")
 FATAL_HTTP_STATUSES = frozenset({401, 403, 404})
 
 # The server uses 44xx close codes for authentication/entitlement decisions. 4408 (token
-# expired) is retried after a refresh when the listener holds a personal token.
+# expired) is retried after a refresh when the listener holds a personal token; 4413 (read
+# too slowly on a "disconnect" network) is retried, resuming from the last seq if resume=True.
 _FATAL_CLOSE_CODES = range(4400, 4500)
 
 PERSONAL_TOKEN_PREFIX = "kdjp_"
 CLOSE_TOKEN_EXPIRED = 4408
+CLOSE_TOO_SLOW = 4413
 
 # Bounds how long stop()/aclose() can hang on a server that never answers our close frame.
 _CLOSE_TIMEOUT = 3.0
@@ -294,6 +296,9 @@ class Listener:
                     ):
                         logger.info("entitlement token expired; refreshing it")
                         self._entitlement = None
+                        return
+                    if rcvd is not None and rcvd.code == CLOSE_TOO_SLOW:
+                        logger.warning("%s: closed for reading too slowly; reconnecting", self.url)
                         return
                     if rcvd is not None and rcvd.code in _FATAL_CLOSE_CODES:
                         reason = rcvd.reason or "closed by server"
