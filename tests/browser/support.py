@@ -121,18 +121,45 @@ class PageWatch:
     errors: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
 
     def attach(self, page) -> None:
         page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("console", lambda msg: msg.type == "error" and self.console.append(msg.text))
+        page.on("console", self._console)
         page.on("request", self._request)
+        page.on("response", self._response)
+
+    def problems(self, *, console: bool = True) -> list[str]:
+        """Everything that went wrong; ``console=False`` when connections drop on purpose
+        (Chromium logs each refused WebSocket as a console error)."""
+        found = [f"script error: {e}" for e in self.errors]
+        found += [f"failed asset: {b}" for b in self.broken]
+        found += [f"request to another host (no CDN at run time): {f}" for f in self.foreign]
+        if console:
+            found += [f"console error: {c}" for c in self.console]
+        return found
+
+    def _ours(self, url: str) -> bool:
+        return urlsplit(url).netloc == urlsplit(self.origin).netloc
+
+    def _console(self, message) -> None:
+        # Only our pages' messages: Checkout is Stripe's page (here the local fake's).
+        if message.type == "error" and self._ours(message.page.url if message.page else ""):
+            self.console.append(f"{message.text} ({message.location.get('url', '?')})")
+
+    def _response(self, response) -> None:
+        """Our pages' assets that failed (a page's own status is the test's to check)."""
+        request = response.request
+        asset = request.resource_type != "document" and self._ours(request.frame.url)
+        if asset and response.status >= 400:
+            self.broken.append(f"{response.status} {response.url}")
 
     def _request(self, request) -> None:
-        url = urlsplit(request.url)
-        if (
-            url.scheme in ("http", "https", "ws", "wss")
-            and url.netloc != urlsplit(self.origin).netloc
-        ):
+        """What our pages load from elsewhere (following a link to Checkout is no load)."""
+        if request.is_navigation_request() or not self._ours(request.frame.url):
+            return
+        web = urlsplit(request.url).scheme in ("http", "https", "ws", "wss")
+        if web and not self._ours(request.url):
             self.foreign.append(request.url)
 
 
@@ -185,4 +212,10 @@ def wait_until_live(page, timeout: float = 20.0) -> None:
 
 
 def live_messages(page):
+    """Every message the live view shows (its order on screen is the page's business)."""
     return page.locator("#live-messages .live-message")
+
+
+def live_message(page, data: dict):
+    """The live view's entry for the message whose data is ``data``."""
+    return live_messages(page).filter(has_text=compact(data))
