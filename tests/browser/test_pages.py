@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from .support import live_message, live_messages, screenshot, wait_until_live
+from .support import live_message, live_messages, screenshot, wait_until_live, watched_page
 
 pytestmark = pytest.mark.browser
 
@@ -70,3 +70,20 @@ def test_network_page_shows_traffic_as_it_arrives(site, page):
         expect(live_message(page, sample)).to_have_count(1)
     screenshot(page, "network-page-live")
     assert page.watch.problems() == []
+
+
+def test_pages_fit_a_phone_screen(site, chromium):
+    phone = chromium.new_context(
+        base_url=site.url, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    try:
+        page = watched_page(phone, site.url)
+        for name, path in [("landing", "/"), ("catalogue", "/networks/"), ("docs", "/docs/"),
+                           ("network-page", "/networks/sample_net/")]:  # fmt: skip
+            page.goto(path)
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px on a phone"
+            screenshot(page, f"phone-{name}")
+        assert page.watch.problems() == []
+    finally:
+        phone.close()
