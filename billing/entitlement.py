@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from accounts.models import User
-from networks.lookup_cache import cached_lookup, forget
+from networks.lookup_cache import afresh_lookup, cached_lookup, forget
 from networks.models import Network
 from networks.selectors import NetworkInfo
 
@@ -93,9 +93,7 @@ async def aentitlement_epoch(user_id: int) -> int | None:
     Not from process memory: a bump must hold on every process at once, or a revoked
     listener could reconnect to a process that remembers the old epoch.
     """
-    return await sync_to_async(cached_lookup)(
-        f"entitle:epoch:{user_id}", lambda: _load_epoch(user_id), local=False
-    )
+    return await afresh_lookup(f"entitle:epoch:{user_id}", lambda: _load_epoch(user_id))
 
 
 def entitlements_grew(*, user_id: int) -> None:

@@ -9,9 +9,11 @@ writes there. The embedded mode keeps the same state in process memory.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
+import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,13 +130,30 @@ async def aadmit_publish(
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
         script = async_redis_client().register_script(_ADMIT_SCRIPT)
         return _result(await script(keys=keys, args=args))
-    local.take(network, publisher, nbytes)
-    seq = local_allocator.next_without_reserving(network.id)
-    if seq is None:
-        seq = await sync_to_async(local_allocator.next)(network.id)
-    local_history.append(network, seq, ts, frame)
-    _broadcast_locally(network.id, seq, ts, frame)
+    # One publish at a time per network from here to the hand-over, so listeners get
+    # messages in seq order even when a block reservation makes one publish wait.
+    async with _local_publish_lock(network.id):
+        local.take(network, publisher, nbytes)
+        seq = local_allocator.next_without_reserving(network.id)
+        if seq is None:
+            seq = await sync_to_async(local_allocator.next)(network.id)
+        local_history.append(network, seq, ts, frame)
+        _broadcast_locally(network.id, seq, ts, frame)
     return seq
+
+
+_local_publish_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _local_publish_lock(network_id: int) -> asyncio.Lock:
+    # asyncio locks belong to one event loop (tests run many).
+    locks = _local_publish_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(network_id)
+    if lock is None:
+        lock = locks[network_id] = asyncio.Lock()
+    return lock
 
 
 def admit_publish(

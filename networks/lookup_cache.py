@@ -12,6 +12,7 @@ request would otherwise open a new connection (measured: most of the publish CPU
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import cache
@@ -20,6 +21,9 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import BaseCache, caches
+from django.db import close_old_connections
+
+from .redis_clients import async_redis_client, redis_client
 
 # A miss is cached too, so a flood of bad keys or slugs does not reach the database.
 _MISSING = "missing"
@@ -66,12 +70,52 @@ def cached_lookup(key: str, load: Callable[[], Any], *, local: bool = True) -> A
     return value
 
 
+def _with_fresh_connections(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    close_old_connections()
+    return function(*args, **kwargs)
+
+
+async def adatabase_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a database-touching ``function`` in asgiref's sync thread, first closing stale
+    connections there: what Channels does before every consumer handler, done only when the
+    database is actually needed (listener consumers skip the per-handler hop)."""
+    return await sync_to_async(_with_fresh_connections)(function, *args, **kwargs)
+
+
 async def acached_lookup(key: str, load: Callable[[], Any]) -> Any:
     """``cached_lookup`` for async code: no thread hop when the process tier has the answer."""
     hit, value = _local_get(key)
     if hit:
         return value
-    return await sync_to_async(cached_lookup)(key, load)
+    return await adatabase_call(cached_lookup, key, load)
+
+
+def _fresh_key(key: str) -> str:
+    return f"{settings.REDIS_KEY_PREFIX}:fresh:{key}"
+
+
+async def afresh_lookup(key: str, load: Callable[[], Any]) -> Any:
+    """The shared tier only, read without a thread hop: for answers that must hold on every
+    process at once (a revoked listener reconnecting). Values must be JSON; ``forget`` drops
+    them like any other entry.
+
+    Django's cache API is synchronous (a thread hop per call from async code, and asgiref
+    runs those hops one at a time), so with Redis the value lives under its own key, read
+    with the async client; without Redis the one process's memory cache is read directly.
+    """
+    if not settings.REDIS_URL:
+        shared = lookup_cache().get(key)  # local memory: no I/O
+        if shared is not None:
+            return None if shared == _MISSING else shared
+        return await adatabase_call(cached_lookup, key, load, local=False)
+    client = async_redis_client()
+    raw = await client.get(_fresh_key(key))
+    if raw is not None:
+        return json.loads(raw)
+    value = await adatabase_call(load)
+    ttl = settings.PUBLISH_LOOKUP_CACHE_SECONDS if value is not None else _MISS_TTL_SECONDS
+    await client.set(_fresh_key(key), json.dumps(value), ex=ttl)
+    return value
 
 
 def forget(keys: list[str]) -> None:
@@ -79,6 +123,8 @@ def forget(keys: list[str]) -> None:
     for key in keys:
         _local.pop(key, None)
     lookup_cache().delete_many(keys)
+    if settings.REDIS_URL:
+        redis_client().delete(*[_fresh_key(key) for key in keys])
 
 
 def clear() -> None:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.tokens import PERSONAL_TOKEN
@@ -22,6 +22,7 @@ from billing.entitlement import (
     user_group,
 )
 from networks.accounting import ahistory_since
+from networks.lookup_cache import adatabase_call
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
 
@@ -142,7 +143,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             return CLOSE_UNAUTHENTICATED
         if PERSONAL_TOKEN.claims(raw):
             # Scripts may present a personal token; exchanging it costs a database query.
-            raw = await sync_to_async(exchange_personal_token)(raw)
+            raw = await adatabase_call(exchange_personal_token, raw)
             if raw is None:
                 return CLOSE_UNAUTHENTICATED
         try:
@@ -185,6 +186,15 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         if len(self._inbound) > INBOUND_FRAMES_ALLOWED:
             logger.info("closing a chatty listener of %s", self.network and self.network.slug)
             await self.close(code=CLOSE_POLICY_VIOLATION)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # The base class first closes stale database connections in the sync thread: a
+        # thread hop per connect, frame and disconnect, and asgiref runs those one at a time.
+        # These handlers reach the database only through adatabase_call, which does it then.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def network_archived(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_NETWORK_ARCHIVED)
