@@ -79,7 +79,12 @@ def user_may_hear(*, user: User | None, network: Network) -> bool:
         lambda: {k: v.timestamp() for k, v in entitlements_of(user=user).items()},
     )
     until = (rights or {}).get(network.pk)
-    return until is not None and until > time.time()
+    if until is not None and until > time.time():
+        return True
+    # A "no" is never taken from the cache: a page loaded while the subscription's webhook
+    # commits could otherwise cache the old answer and keep offering Subscribe.
+    until_now = entitlements_of(user=user).get(network.pk)
+    return until_now is not None and until_now > timezone.now()
 
 
 def _load_epoch(user_id: int) -> int | None:
