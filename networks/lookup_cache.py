@@ -21,7 +21,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import BaseCache, caches
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from .redis_clients import async_redis_client, redis_client
 
@@ -71,7 +71,10 @@ def cached_lookup(key: str, load: Callable[[], Any], *, local: bool = True) -> A
 
 
 def _with_fresh_connections(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    close_old_connections()
+    # Never in the middle of a caller's transaction (a test's, when the sync thread is the
+    # caller's own): closing there would break it.
+    if not connection.in_atomic_block:
+        close_old_connections()
     return function(*args, **kwargs)
 
 
@@ -116,6 +119,15 @@ async def afresh_lookup(key: str, load: Callable[[], Any]) -> Any:
     ttl = settings.PUBLISH_LOOKUP_CACHE_SECONDS if value is not None else _MISS_TTL_SECONDS
     await client.set(_fresh_key(key), json.dumps(value), ex=ttl)
     return value
+
+
+def remember_fresh(key: str, value: Any) -> None:
+    """Put a value ``afresh_lookup`` will find (e.g. just read from the database anyway)."""
+    ttl = settings.PUBLISH_LOOKUP_CACHE_SECONDS
+    if settings.REDIS_URL:
+        redis_client().set(_fresh_key(key), json.dumps(value), ex=ttl)
+    else:
+        lookup_cache().set(key, value, ttl)
 
 
 def forget(keys: list[str]) -> None:

@@ -1,4 +1,9 @@
-"""Process-wide Redis clients (connection pools) for the publish and listen paths."""
+"""Process-wide Redis clients (connection pools) for the publish and listen paths.
+
+The pools are blocking: when every connection is busy (a burst of connects or publishes), a
+command waits up to ``REDIS_POOL_TIMEOUT`` seconds for one instead of failing at once, which
+is what redis-py's default pool does past its 100 connections.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,12 @@ from django.conf import settings
 
 @cache
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL,
+        max_connections=settings.REDIS_MAX_CONNECTIONS,
+        timeout=settings.REDIS_POOL_TIMEOUT,
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 # redis.asyncio clients are bound to the event loop that first used them.
@@ -26,5 +36,10 @@ def async_redis_client() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=settings.REDIS_POOL_TIMEOUT,
+        )
+        client = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client

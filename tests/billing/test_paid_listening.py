@@ -239,3 +239,20 @@ async def test_the_end_of_a_grace_period_closes_connections(premium, listener, s
     assert await sync_to_async(expire_grace_periods)() == 1
     assert await close_code(communicator) == 4403
     assert await sync_to_async(expire_grace_periods)() == 0  # acted on once
+
+
+async def test_connecting_right_after_minting_needs_no_database(premium, listener):
+    from billing.entitlement import aentitlement_epoch
+    from networks import lookup_cache
+
+    await sync_to_async(subscription_grant)(user=listener, network=premium, days=1)
+    await sync_to_async(mint)(listener)
+
+    def unreachable() -> None:
+        raise AssertionError("the epoch was read from the database, not the shared cache")
+
+    # The connect path's epoch read: served by what minting the token left in the cache.
+    epoch = await lookup_cache.afresh_lookup(f"entitle:epoch:{listener.pk}", unreachable)
+    assert epoch == await aentitlement_epoch(listener.pk)
+    await sync_to_async(listener.refresh_from_db)()
+    assert epoch == listener.entitlement_epoch
