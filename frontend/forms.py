@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 
 from accounts.models import Role
-from networks.models import KeyScope, Network
+from networks.models import Backpressure, KeyScope, Network
 from networks.services import NETWORK_EDITABLE_FIELDS
 
 
@@ -44,6 +44,13 @@ class NetworkForm(forms.ModelForm):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fields["name"].required = False
+        if "backpressure" in self.fields:
+            # Short enough for the select box; the help text and the docs say the rest.
+            self.fields["backpressure"].choices = [
+                (Backpressure.CONFLATE, "Conflate (latest only)"),
+                (Backpressure.DROP, "Drop oldest, report the gap"),
+                (Backpressure.DISCONNECT, "Disconnect (close 4413)"),
+            ]
         if self.instance.pk:
             self.fields["slug"].disabled = True  # generators and listeners use it
         # Tuning fields may be left out (scripts, older forms): they keep the model default.
