@@ -2,8 +2,8 @@
 
 With Redis, one ``INCR`` inside the publish accounting script (``networks.accounting``)
 serves every server process. Without it, a single process hands numbers out of blocks
-reserved in the database, one write per block; a restart skips the unused rest of a block,
-so numbers stay increasing (gaps are allowed).
+reserved in the database, one write per block. A graceful stop gives the unused rest of the
+blocks back; a crash skips it, so numbers stay increasing (a gap is possible).
 """
 
 from __future__ import annotations
@@ -49,6 +49,20 @@ class _BlockAllocator:
             )
             limit = Network.objects.values_list("seq_reserved", flat=True).get(pk=network_id)
         return limit - BLOCK_SIZE + 1, limit
+
+    def release(self) -> int:
+        """Give the unused rest of every block back (a graceful shutdown), so the next start
+        continues without a gap; returns how many networks were released."""
+        with self._lock:
+            used = {n: value - 1 for n, value in self._next.items() if value}
+            for network_id, last in used.items():
+                # Only if no one reserved past this block meanwhile.
+                Network.objects.filter(pk=network_id, seq_reserved=self._limit[network_id]).update(
+                    seq_reserved=last
+                )
+            self._next.clear()
+            self._limit.clear()
+        return len(used)
 
     def reset(self) -> None:
         with self._lock:

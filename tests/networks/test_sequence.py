@@ -23,3 +23,12 @@ def test_embedded_allocator_is_per_network_and_monotonic_across_restarts(network
 def test_allocator_crosses_block_boundaries(network, monkeypatch):
     monkeypatch.setattr(sequence, "BLOCK_SIZE", 2)
     assert [sequence.next_sequence(network.id) for _ in range(5)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.django_db
+def test_a_graceful_stop_gives_the_rest_of_the_block_back(network, other_network):
+    last = [sequence.next_sequence(network.id) for _ in range(5)][-1]
+    assert sequence.local_allocator.release() == 1
+    # The next start continues where this one stopped: no false gap for resuming listeners.
+    assert sequence.next_sequence(network.id) == last + 1
+    assert sequence.next_sequence(other_network.id) == 1

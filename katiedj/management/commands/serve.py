@@ -4,6 +4,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from katiedj.periodic import start_in_process_beat
+from networks.sequence import local_allocator
 from simulator.services import demo_simulation_ensure
 
 
@@ -46,3 +47,7 @@ class Command(BaseCommand):
             ws_per_message_deflate=False,
             log_level=settings.LOGGING["root"]["level"].lower(),
         )
+        if not settings.REDIS_URL:
+            # Stopped gracefully: the next start continues the sequence numbers without a gap
+            # (listeners resuming with ?since= would otherwise be told of missed messages).
+            local_allocator.release()
