@@ -373,7 +373,7 @@ class FanoutHub:
                 while self.networks:
                     message = await self._pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        self._handle(message)
+                        self._handle_safely(message)
             except (redis.RedisError, OSError) as exc:
                 logger.warning("fan-out subscription lost (%s); resubscribing", exc)
                 await self._close_pubsub()
@@ -382,6 +382,16 @@ class FanoutHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
         await self._close_pubsub()
+        if self.networks:
+            # A listener joined while the subscription was closing: start over for it.
+            self._reader = asyncio.ensure_future(self._read_forever())
+
+    def _handle_safely(self, message: dict[str, Any]) -> None:
+        # One bad message or listener must not end the subscription every listener relies on.
+        try:
+            self._handle(message)
+        except Exception:
+            logger.exception("fan-out of a message failed")
 
     async def _subscribe_all(self) -> None:
         self._pubsub = async_redis_client().pubsub()

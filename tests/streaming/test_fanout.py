@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -221,3 +222,28 @@ async def test_leaving_ends_delivery_and_the_counts_follow(settings):
     assert socket.frames == []
     assert hub.listener_counts() == {}
     assert metrics.current.connections[3] == 0
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the subscription is Redis's")
+@pytest.mark.django_db(transaction=True)
+async def test_a_malformed_message_on_the_channel_does_not_end_the_subscription():
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from django.db import connections
+
+    from katiedj.asgi import application
+    from networks.accounting import fanout_channel
+    from networks.redis_clients import async_redis_client
+    from networks.selectors import network_get_by_slug
+    from networks.services import message_publish
+    from tests.factories import NetworkFactory
+
+    network = await sync_to_async(NetworkFactory)(slug="sturdy")
+    listener = WebsocketCommunicator(application, "/ws/networks/sturdy/")
+    assert (await listener.connect())[0]
+    await async_redis_client().publish(fanout_channel(network.id), b"not a message")
+    info = await sync_to_async(network_get_by_slug)(slug="sturdy")
+    await sync_to_async(message_publish)(network=info, data={"still": "here"})
+    assert json.loads(await listener.receive_from(timeout=3)) == {"still": "here"}
+    await listener.disconnect()
+    await sync_to_async(connections.close_all)()
