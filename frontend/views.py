@@ -18,6 +18,7 @@ from accounts.selectors import organizations_of
 from accounts.services import personal_token_create, personal_token_revoke
 from billing.selectors import is_stripe_customer, subscriptions_of
 from billing.stripe_gateway import billing_configured
+from networks.models import Network
 from streaming.selectors import listeners_now
 
 from .forms import CatalogueFilterForm, PersonalTokenForm
@@ -92,6 +93,9 @@ def docs(request: HttpRequest) -> HttpResponse:
             "connections_per_user": settings.LISTENER_CONNECTIONS_PER_USER,
             "inbound_bytes": settings.WEBSOCKET_MAX_INBOUND_BYTES,
             "demo_network": settings.DEMO_NETWORK_SLUG,
+            "ping_interval": settings.WEBSOCKET_PING_INTERVAL,
+            "ping_timeout": settings.WEBSOCKET_PING_TIMEOUT,
+            "backpressure_buffer": Network._meta.get_field("backpressure_buffer").get_default(),
         },
     )
 
