@@ -170,6 +170,12 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.outbox is not None:
             await hub.leave(self.network.id, self.outbox)
+            box = self.outbox
+            if box.dropped or box.conflated:
+                logger.info(
+                    "a lagging listener of %s left: %d delivered, %d dropped, %d conflated",
+                    self.network.slug, box.delivered, box.dropped, box.conflated,
+                )  # fmt: skip
         if self.network is not None:
             await self.channel_layer.group_discard(self.network.group_name, self.channel_name)
         if self.user_id is not None:
