@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -270,6 +271,9 @@ class FanoutHub:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._last_seq: dict[int, int] = {}  # last message seen per network (for catch-up)
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- Joining and leaving -----------------------------------------------------------
 
@@ -281,9 +285,10 @@ class FanoutHub:
             entry = self.networks[network.id] = _NetworkListeners(network.slug)
             if settings.REDIS_URL:
                 self._ensure_reader()
-                if self._pubsub is not None:
-                    with contextlib.suppress(redis.RedisError, OSError):
-                        await self._pubsub.subscribe(fanout_channel(network.id))
+                async with self._subscription_lock():
+                    if self._pubsub is not None and network.id in self.networks:
+                        with contextlib.suppress(redis.RedisError, OSError):
+                            await self._pubsub.subscribe(fanout_channel(network.id))
             else:
                 add_local_receiver(self.deliver_threadsafe)
                 entry.subscribed.set()
@@ -308,9 +313,20 @@ class FanoutHub:
             return
         del self.networks[network_id]
         self._last_seq.pop(network_id, None)
-        if self._pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                await self._pubsub.unsubscribe(fanout_channel(network_id))
+        async with self._subscription_lock():
+            # A listener may have joined meanwhile (a client reconnecting): keep it subscribed.
+            if self._pubsub is not None and network_id not in self.networks:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await self._pubsub.unsubscribe(fanout_channel(network_id))
+
+    def _subscription_lock(self) -> asyncio.Lock:
+        # SUBSCRIBE and UNSUBSCRIBE go out one at a time, each decided under the lock, so a
+        # leave and a join racing on one network always end subscribed. One lock per loop.
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     def listener_counts(self) -> dict[int, int]:
         """Listeners connected to this process, by network id."""

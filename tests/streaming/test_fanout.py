@@ -26,11 +26,13 @@ class Socket:
         self.writable = asyncio.Event()
         self.writable.set()
         self.sends_started = 0
+        self.received = asyncio.Event()
 
     async def send(self, event: dict) -> None:
         self.sends_started += 1
         await self.writable.wait()
         self.frames.append(event["text"])
+        self.received.set()
 
     def stall(self) -> None:
         self.writable.clear()
@@ -247,3 +249,24 @@ async def test_a_malformed_message_on_the_channel_does_not_end_the_subscription(
     assert json.loads(await listener.receive_from(timeout=3)) == {"still": "here"}
     await listener.disconnect()
     await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the subscription is Redis's")
+async def test_a_listener_reconnecting_while_the_last_one_leaves_stays_subscribed():
+    from asgiref.sync import sync_to_async
+
+    from networks.services import message_publish
+
+    hub = FanoutHub()
+    info = NetworkInfo(id=987_001, slug="reconnecting", organization_id=1, is_public=True)
+    socket = Socket()
+    box = Outbox(send=socket.send)
+    await hub.join(info, box)
+    for _ in range(20):  # the old connection leaves while the new one joins, concurrently
+        socket, previous = Socket(), box
+        box = Outbox(send=socket.send)
+        await asyncio.gather(hub.leave(info.id, previous), hub.join(info, box))
+    await sync_to_async(message_publish)(network=info, data={"after": "races"})
+    await asyncio.wait_for(socket.received.wait(), 3)
+    assert json.loads(socket.frames[-1]) == {"after": "races"}
+    await hub.leave(info.id, box)
