@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -54,10 +55,14 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
     Unknown or archived network: the handshake is refused (HTTP 403). Paid network: the
     entitlement token is checked before the listener joins; a failure is a 44xx close.
     Messages do not pass through this consumer: once admitted, its :class:`Outbox` joins the
-    process's fan-out hub. The consumer still joins the network's group and the person's
-    group, for the rare events (archiving, revocation) sent with ``group_send``.
+    process's fan-out hub, which also relays the rare ``group_send`` events (archiving,
+    revocation) sent to the network's group and the person's group.
     """
 
+    # No channel of its own (documented: no layer under this alias means none): the hub is
+    # the process's member of the groups, so a listener costs no Redis subscription, queue
+    # or waiting task.
+    channel_layer_alias = None
     network: NetworkInfo | None = None
     user_id: int | None = None
     outbox: Outbox | None = None
@@ -69,6 +74,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the server answers HTTP 403
             return
         self._inbound: list[float] = []
+        self.connection_id = uuid.uuid4().hex
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", []) else None
         if not network.is_public:
             refusal = await self._authorize(network)
@@ -77,21 +83,21 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
                 await self.accept(subprotocol)
                 await self.close(code=refusal)
                 return
-            await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
         self.network = network
-        await self.channel_layer.group_add(network.group_name, self.channel_name)
         self.outbox = Outbox(
             send=self.base_send,
             envelope=self._query().get("format", [""])[0] == "envelope",
             policy=network.backpressure,
             buffer=network.backpressure_buffer,
             on_too_slow=self._too_slow,
+            on_event=self.dispatch,
         )
         # Join before accepting, holding live messages back: once the handshake completes
         # nothing published is missed, and a replay is followed by the held-back messages
         # without a gap or a duplicate.
         self.outbox.begin_replay()
-        await hub.join(network, self.outbox)
+        groups = [user_group(self.user_id)] if self.user_id is not None else []
+        await hub.join(network, self.outbox, groups=groups)
         await self.accept(subprotocol)
         since = self._query().get("since", [""])[0]
         replayed = await self._replay(network, int(since)) if since.isdigit() else None
@@ -160,7 +166,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         if not token.allows(network):
             return CLOSE_NOT_ENTITLED
         admitted = await connection_admit(
-            user_id=token.user_id, network_id=network.id, connection=self.channel_name
+            user_id=token.user_id, network_id=network.id, connection=self.connection_id
         )
         if not admitted:
             return CLOSE_TOO_MANY_CONNECTIONS
@@ -176,12 +182,9 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
                     "a lagging listener of %s left: %d delivered, %d dropped, %d conflated",
                     self.network.slug, box.delivered, box.dropped, box.conflated,
                 )  # fmt: skip
-        if self.network is not None:
-            await self.channel_layer.group_discard(self.network.group_name, self.channel_name)
         if self.user_id is not None:
-            await self.channel_layer.group_discard(user_group(self.user_id), self.channel_name)
             await connection_release(
-                user_id=self.user_id, network_id=self.network.id, connection=self.channel_name
+                user_id=self.user_id, network_id=self.network.id, connection=self.connection_id
             )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

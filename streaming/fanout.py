@@ -21,10 +21,11 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import redis
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from katiedj import metrics
@@ -126,7 +127,9 @@ class Outbox:
         "envelope",
         "gap_from",
         "gap_to",
+        "groups",
         "last_seq",
+        "on_event",
         "on_too_slow",
         "pending",
         "policy",
@@ -143,8 +146,11 @@ class Outbox:
         policy: str = CONFLATE,
         buffer: int = 100,
         on_too_slow: Callable[[], None] | None = None,
+        on_event: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.send = send
+        self.on_event = on_event  # group_send events for this listener (archive, revocation)
+        self.groups: list[str] = []
         self.envelope = envelope
         self.policy = policy
         self.buffer = max(1, buffer)
@@ -259,6 +265,49 @@ class _NetworkListeners:
         self.catch_up_to: int | None = None
 
 
+class _GroupRelay:
+    """This process's one member of a channel-layer group, relaying its events to the
+    listeners in it: ``group_send`` keeps working, and a listener needs no channel (no
+    Redis subscription, queue or waiting task) of its own."""
+
+    # The in-memory layer forgets group members after a day: renew well before.
+    RENEW_SECONDS = 3600.0
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.members: set[Outbox] = set()
+        self.channel = ""
+        self.task: asyncio.Task[None] | None = None
+        self.handling: set[asyncio.Task[None]] = set()  # referenced until done
+
+    async def start(self) -> None:
+        layer = get_channel_layer()
+        self.channel = await layer.new_channel("fanout.")
+        await layer.group_add(self.group, self.channel)
+        self.task = asyncio.ensure_future(self._relay(layer))
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        layer = get_channel_layer()
+        with contextlib.suppress(redis.RedisError, OSError):
+            await layer.group_discard(self.group, self.channel)
+
+    async def _relay(self, layer: Any) -> None:
+        while True:
+            try:
+                event = await asyncio.wait_for(layer.receive(self.channel), self.RENEW_SECONDS)
+            except TimeoutError:
+                await layer.group_add(self.group, self.channel)
+                continue
+            for outbox in tuple(self.members):
+                if outbox.on_event is not None:
+                    # Each listener handles it in its own task: one slow close holds no one.
+                    task = asyncio.ensure_future(outbox.on_event(event))
+                    self.handling.add(task)
+                    task.add_done_callback(self.handling.discard)
+
+
 class FanoutHub:
     """This process's listeners by network, fed by one Redis subscription per network.
 
@@ -274,12 +323,18 @@ class FanoutHub:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        self.relays: dict[str, _GroupRelay] = {}
 
     # --- Joining and leaving -----------------------------------------------------------
 
-    async def join(self, network: NetworkInfo, outbox: Outbox) -> None:
-        """Add a listener; returns once this process receives the network's messages."""
+    async def join(self, network: NetworkInfo, outbox: Outbox, groups: Iterable[str] = ()) -> None:
+        """Add a listener; returns once this process receives the network's messages.
+
+        It also hears ``group_send`` events to the network's group and to ``groups``.
+        """
         self.loop = asyncio.get_running_loop()
+        for group in (network.group_name, *groups):
+            await self._join_group(group, outbox)
         entry = self.networks.get(network.id)
         if entry is None:
             entry = self.networks[network.id] = _NetworkListeners(network.slug)
@@ -302,6 +357,9 @@ class FanoutHub:
 
     async def leave(self, network_id: int, outbox: Outbox) -> None:
         """Remove a listener; the last one out ends the process's subscription."""
+        for group in outbox.groups:
+            await self._leave_group(group, outbox)
+        outbox.groups = []
         entry = self.networks.get(network_id)
         if entry is None or outbox not in entry.outboxes:
             return
@@ -327,6 +385,25 @@ class FanoutHub:
         if lock is None:
             lock = self._locks[loop] = asyncio.Lock()
         return lock
+
+    # --- Group events (archiving, revocation, admin messages) -----------------------------
+
+    async def _join_group(self, group: str, outbox: Outbox) -> None:
+        relay = self.relays.get(group)
+        if relay is None:
+            relay = self.relays[group] = _GroupRelay(group)
+            await relay.start()
+        relay.members.add(outbox)
+        outbox.groups.append(group)
+
+    async def _leave_group(self, group: str, outbox: Outbox) -> None:
+        relay = self.relays.get(group)
+        if relay is None:
+            return
+        relay.members.discard(outbox)
+        if not relay.members:
+            del self.relays[group]
+            await relay.stop()
 
     def listener_counts(self) -> dict[int, int]:
         """Listeners connected to this process, by network id."""

@@ -270,3 +270,33 @@ async def test_a_listener_reconnecting_while_the_last_one_leaves_stays_subscribe
     await asyncio.wait_for(socket.received.wait(), 3)
     assert json.loads(socket.frames[-1]) == {"after": "races"}
     await hub.leave(info.id, box)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_group_events_reach_listeners_through_the_hub_which_forgets_empty_groups():
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+    from channels.testing import WebsocketCommunicator
+    from django.db import connections
+
+    from katiedj.asgi import application
+    from streaming.fanout import hub
+    from tests.factories import NetworkFactory
+
+    network = await sync_to_async(NetworkFactory)(slug="closing-soon")
+    await sync_to_async(NetworkFactory)(slug="staying-open")
+    closing = WebsocketCommunicator(application, "/ws/networks/closing-soon/")
+    staying = WebsocketCommunicator(application, "/ws/networks/staying-open/")
+    assert (await closing.connect())[0] and (await staying.connect())[0]
+    assert f"network.{network.id}" in hub.relays  # one member per group per process
+
+    # An admin message to one network's group, as network_archive sends it.
+    await get_channel_layer().group_send(f"network.{network.id}", {"type": "network.archived"})
+    closed = await closing.receive_output(timeout=3)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4410)
+    assert await staying.receive_nothing(timeout=0.3)
+
+    await closing.disconnect()
+    await staying.disconnect()
+    assert hub.relays == {} and hub.networks == {}  # nothing left behind
+    await sync_to_async(connections.close_all)()
