@@ -201,6 +201,7 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
         "subscribers": sum(row["revenue"].subscribers for row in rows),
         "monthly": sorted(monthly.items()),
     }
+    subscribers_chart, revenue_chart, currency = _paid_charts(rows, totals["monthly"])
     return _page(
         request,
         membership,
@@ -209,8 +210,38 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
         rows=rows,
         form=form,
         usage_chart=chart,
+        subscribers_chart=subscribers_chart,
+        revenue_chart=revenue_chart,
+        revenue_currency=currency,
         totals=totals,
     )
+
+
+PAID_CHART_NETWORKS = 12
+
+
+def _paid_charts(
+    rows: list[dict], monthly: list[tuple[str, int]]
+) -> tuple[BarChart, BarChart, str]:
+    """Subscribers and monthly revenue (in the organization's main currency, whole units) of
+    its best-selling paid networks."""
+    currency = max(monthly, key=lambda pair: pair[1])[0] if monthly else ""
+    paid = [row for row in rows if not row["network"].is_public]
+    paid.sort(key=lambda row: (-row["revenue"].subscribers, row["network"].slug))
+    paid = paid[:PAID_CHART_NETWORKS]
+    labels = [row["network"].slug[:14] for row in paid]
+    subscribers = bar_chart(
+        [(label, row["revenue"].subscribers) for label, row in zip(labels, paid, strict=True)],
+        every=1,
+    )
+    revenue = bar_chart(
+        [
+            (label, round(row["revenue"].monthly_cents.get(currency, 0) / 100))
+            for label, row in zip(labels, paid, strict=True)
+        ],
+        every=1,
+    )
+    return subscribers, revenue, currency.upper()
 
 
 @org_view()

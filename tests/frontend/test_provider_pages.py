@@ -180,3 +180,20 @@ def test_a_bad_simulation_is_refused_with_field_messages(acme):
     assert "Select a valid choice" in page
     assert "Ensure this value is less than or equal to 20." in page
     assert not Simulation.objects.exists()
+
+
+def test_subscribers_and_revenue_are_charted_per_paid_network(acme):
+    pro = NetworkFactory(organization=acme.organization, slug="acme-pro", is_public=False)
+    lite = NetworkFactory(organization=acme.organization, slug="acme-lite", is_public=False)
+    paying(pro, Price.objects.create(network=pro, interval="month", amount=500), 3)
+    paying(lite, Price.objects.create(network=lite, interval="year", amount=2400), 1)
+    page = browser_for(acme.member).get("/dashboard/acme/").content.decode()
+
+    def bars(section_id: str) -> list[tuple[str, str]]:
+        section = re.search(rf'<section[^>]*id="{section_id}".*?</section>', page, re.S).group(0)
+        return re.findall(r'<rect class="bar"[^>]*><title>([^<]*): (\d+)</title>', section)
+
+    # Best sellers first; the free network is not charted.
+    assert bars("subscribers-chart") == [("acme-pro", "3"), ("acme-lite", "1")]
+    # Whole currency units a month: 3 x 5.00, and 24.00 a year counts 2.00 a month.
+    assert bars("revenue-chart") == [("acme-pro", "15"), ("acme-lite", "2")]
