@@ -236,6 +236,14 @@ function LiveView(root, topology) {
   const known = new Set();
   let dirty = false;
 
+  // A simulated network's page knows its streets: show the map and the right titles before
+  // the first sample arrives (on a phone the generic panel would otherwise fill the screen).
+  if (topology && Array.isArray(topology.streets) && topology.streets.length) {
+    traffic = true;
+    chartTitle.textContent = "Density of chosen streets (veh/km)";
+    showTraffic({});
+  }
+
   this.message = (seq, ts, data, raw) => {
     received += 1;
     const item = document.createElement("li");
