@@ -87,3 +87,25 @@ def test_pages_fit_a_phone_screen(site, chromium):
         assert page.watch.problems() == []
     finally:
         phone.close()
+
+
+def test_a_keyboard_user_skips_to_the_content_and_reaches_the_search(site, page):
+    page.goto("/networks/")
+    page.keyboard.press("Tab")
+    skip = page.locator(".skip-link")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_visible()  # shown when focused, for sighted keyboard users
+    page.keyboard.press("Enter")
+    assert page.evaluate("location.hash") == "#main"
+    # From the content, Tab reaches the catalogue's search box, and the box is labelled.
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.name") == "q":
+            break
+    search = page.locator("[name=q]")
+    expect(search).to_be_focused()
+    label = page.evaluate(
+        "(el => el.labels.length ? el.labels[0].textContent : el.getAttribute('aria-label'))"
+        "(document.querySelector('[name=q]'))"
+    )
+    assert label and label.strip()
