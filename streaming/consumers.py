@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,7 +29,7 @@ from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
 
 from .connection_limits import connection_admit, connection_release
-from .fanout import CLOSE_TOO_SLOW, Outbox, gap_event, hub, text_event
+from .fanout import Outbox, gap_event, hub, text_event
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ CLOSE_UNAUTHENTICATED = 4401  # paid network: no token, or not one of ours
 CLOSE_NOT_ENTITLED = 4403  # the token's owner may not hear this network (any more)
 CLOSE_TOKEN_EXPIRED = 4408  # expired or voided token: get a fresh one and reconnect
 CLOSE_NETWORK_ARCHIVED = 4410  # the provider archived the network
+CLOSE_TOO_SLOW = 4413  # fell behind under the network's "disconnect" backpressure policy
 CLOSE_TOO_MANY_CONNECTIONS = 4429  # this person already holds the allowed connections
-# CLOSE_TOO_SLOW (4413, streaming.fanout): fell behind under the "disconnect" policy.
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
@@ -86,7 +87,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         self.network = network
         self.outbox = Outbox(
             send=self.base_send,
-            envelope=self._query().get("format", [""])[0] == "envelope",
+            envelope=self.query.get("format", [""])[0] == "envelope",
             policy=network.backpressure,
             buffer=network.backpressure_buffer,
             on_too_slow=self._too_slow,
@@ -99,7 +100,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         groups = [user_group(self.user_id)] if self.user_id is not None else []
         await hub.join(network, self.outbox, groups=groups)
         await self.accept(subprotocol)
-        since = self._query().get("since", [""])[0]
+        since = self.query.get("since", [""])[0]
         replayed = await self._replay(network, int(since)) if since.isdigit() else None
         self.outbox.end_replay(last_replayed=replayed)
 
@@ -125,13 +126,14 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         # Not awaited here: the hub is mid-delivery. The close waits behind unsent frames.
         self._closing = asyncio.ensure_future(self.close(code=CLOSE_TOO_SLOW))
 
-    def _query(self) -> dict[str, list[str]]:
+    @cached_property
+    def query(self) -> dict[str, list[str]]:
+        """The handshake's query string (format, since, token), parsed once."""
         return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
 
     def _presented_token(self) -> str | None:
-        query = self._query()
-        if query.get("token"):
-            return query["token"][0]
+        if self.query.get("token"):
+            return self.query["token"][0]
         for name, value in self.scope.get("headers", []):
             if name == b"authorization":
                 scheme, _, credentials = value.decode("latin-1").partition(" ")

@@ -9,7 +9,8 @@ The stock Channels path costs a queue, a task wake-up, a dispatch and a thread h
 listener per message; here a listener costs one :meth:`Outbox.offer` call, which runs the
 ASGI ``send`` synchronously when the socket can take it (:func:`start_eagerly`) and applies
 the network's backpressure policy when it cannot. Everything else (archiving, revocation,
-admin messages) still travels as ``group_send`` events to each consumer's channel.
+admin messages) still travels as ``group_send``: the hub is the process's one member of each
+group and relays the events to its listeners (:class:`_GroupRelay`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from django.conf import settings
 
 from katiedj import metrics
 from networks.accounting import add_local_receiver, ahistory_since, fanout_channel
+from networks.models import Backpressure
 from networks.redis_clients import async_redis_client
 from networks.selectors import NetworkInfo
 from networks.services import envelope_text
@@ -38,14 +40,8 @@ from .occupancy import reporter as occupancy
 
 logger = logging.getLogger(__name__)
 
-# Close code of a listener that fell too far behind under the "disconnect" policy.
-CLOSE_TOO_SLOW = 4413
-
 # Live messages a listener may accumulate while its ?since= replay is still being sent.
 REPLAY_BACKLOG_LIMIT = 10_000
-
-# Conflate: a slow listener keeps only the latest unsent message.
-CONFLATE, DROP, DISCONNECT = "conflate", "drop", "disconnect"
 
 SendFunction = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -114,7 +110,8 @@ class Outbox:
     - ``conflate``: keep only the latest unsent message (state-like data);
     - ``drop``: keep the newest ``buffer`` messages, drop the oldest, and send a gap frame
       saying how many were missed before sending the rest;
-    - ``disconnect``: once ``buffer`` messages are waiting, close with ``CLOSE_TOO_SLOW``.
+    - ``disconnect``: once ``buffer`` messages are waiting, call ``on_too_slow`` (the
+      consumer closes with 4413).
     """
 
     __slots__ = (
@@ -143,7 +140,7 @@ class Outbox:
         *,
         send: SendFunction,
         envelope: bool = False,
-        policy: str = CONFLATE,
+        policy: str = Backpressure.CONFLATE,
         buffer: int = 100,
         on_too_slow: Callable[[], None] | None = None,
         on_event: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
@@ -193,25 +190,25 @@ class Outbox:
         if self.replaying and len(self.backlog) < REPLAY_BACKLOG_LIMIT:
             self.backlog.append((seq, event))
             return
-        if self.policy == CONFLATE:
+        if self.policy == Backpressure.CONFLATE:
             if self.backlog:
                 self.backlog.clear()
                 self.conflated += 1
-                metrics.listener_skipped(CONFLATE)
+                metrics.listener_skipped(Backpressure.CONFLATE)
             self.backlog.append((seq, event))
-        elif self.policy == DROP:
+        elif self.policy == Backpressure.DROP:
             if len(self.backlog) >= self.buffer:
                 dropped_seq, _ = self.backlog.popleft()
                 if not self.gap_from:
                     self.gap_from = dropped_seq
                 self.gap_to = dropped_seq
                 self.dropped += 1
-                metrics.listener_skipped(DROP)
+                metrics.listener_skipped(Backpressure.DROP)
             self.backlog.append((seq, event))
         elif len(self.backlog) >= self.buffer:
             self.closed = True
             self.backlog.clear()
-            metrics.listener_skipped(DISCONNECT)
+            metrics.listener_skipped(Backpressure.DISCONNECT)
             if self.on_too_slow is not None:
                 self.on_too_slow()
         else:

@@ -14,8 +14,11 @@ import os
 import pytest
 
 from katiedj import metrics
+from networks.models import Backpressure
 from networks.selectors import NetworkInfo
-from streaming.fanout import CONFLATE, DISCONNECT, DROP, FanoutHub, Outbox, start_eagerly
+from streaming.fanout import FanoutHub, Outbox, start_eagerly
+
+CONFLATE, DROP, DISCONNECT = Backpressure.CONFLATE, Backpressure.DROP, Backpressure.DISCONNECT
 
 
 class Socket:
