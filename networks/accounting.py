@@ -267,6 +267,12 @@ class LocalHistory:
         first = entries[0][0] if entries else None
         return [e for e in entries if e[0] > since][:limit], first
 
+    def stats(self, network_id: int) -> tuple[int, int]:
+        """(last seq kept, messages kept) of one network."""
+        with self._lock:
+            entries = self.entries.get(network_id, ())
+            return (entries[-1][0] if entries else 0), len(entries)
+
     def reset(self) -> None:
         with self._lock:
             self.entries.clear()
@@ -337,9 +343,7 @@ def _entry(entry_id: bytes, fields: dict) -> tuple[int, str, str]:
 def history_stats(network_ids: list[int]) -> dict[int, tuple[int, int]]:
     """Network id → (last sequence number, messages kept in history), for monitoring."""
     if not settings.REDIS_URL:
-        with local_history._lock:
-            kept = {n: list(local_history.entries.get(n, ())) for n in network_ids}
-        return {n: (e[-1][0] if e else 0, len(e)) for n, e in kept.items()}
+        return {n: local_history.stats(n) for n in network_ids}
     pipe = redis_client().pipeline(transaction=False)
     for network_id in network_ids:
         pipe.get(redis_key("seq", network_id))

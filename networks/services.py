@@ -207,10 +207,6 @@ class RateLimitedError(PublishError):
         self.retry_after = retry_after
 
 
-def _rate_limited(retry_after: float) -> RateLimitedError:
-    return RateLimitedError(retry_after)
-
-
 def _payload_too_large(limit: int) -> PublishError:
     return PublishError("payload_too_large", f"Payload too large: the limit is {limit} bytes", 413)
 
@@ -326,7 +322,7 @@ async def amessage_publish(
             ts=ts,
         )
     except RateLimited as limited:
-        raise _rate_limited(limited.retry_after) from None
+        raise RateLimitedError(limited.retry_after) from None
     # The accounting script also PUBLISHed it: every server process's listeners get it from
     # their process's fan-out hub (streaming.fanout), in seq order.
     return PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
