@@ -75,15 +75,8 @@ class NetworkListView(generics.ListAPIView):
         serializer = NetworkSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        network = network_create(
-            organization=actor.organization,
-            slug=data["slug"],
-            name=data.get("name", ""),
-            description=data.get("description", ""),
-            is_public=data.get("is_public", True),
-        )
-        extra = {k: v for k, v in data.items() if k in NETWORK_EDITABLE_FIELDS}
-        network = network_update(network=network, **extra)
+        fields = {k: v for k, v in data.items() if k in NETWORK_EDITABLE_FIELDS}
+        network = network_create(organization=actor.organization, slug=data["slug"], **fields)
         return Response(NetworkSerializer(network).data, status=status.HTTP_201_CREATED)
 
 
