@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from datetime import timedelta
+from functools import lru_cache
 
 import numpy as np
 from django.conf import settings
@@ -25,11 +26,20 @@ TICK_TASK = "simulator.tasks.simulation_tick"
 
 
 def build_topology(simulation: Simulation) -> ModelTopology:
-    options = simulation.topology_options or {}
-    if simulation.topology == Topology.SAMPLE_NET:
+    """The simulation's street network; built once per process (topologies are not mutated)."""
+    dt = float((simulation.model_options or {}).get("dt", ModelParams.dt))
+    options = json.dumps(simulation.topology_options or {}, sort_keys=True)
+    return _topology(simulation.topology, options, dt)
+
+
+@lru_cache(maxsize=32)
+def _topology(kind: str, options_json: str, dt: float) -> ModelTopology:
+    # Every tick rebuilds the model: a SUMO file must not be parsed again each time.
+    options = json.loads(options_json)
+    if kind == Topology.SAMPLE_NET:
         return sample_net()
-    if simulation.topology == Topology.SUMO:
-        return load_sumo_net(options["path"])
+    if kind == Topology.SUMO:
+        return load_sumo_net(options["path"], dt=dt)  # short edges stretched to dt's CFL bound
     return manhattan_grid(int(options.get("rows", 4)), int(options.get("cols", 4)))
 
 

@@ -156,3 +156,18 @@ async def test_a_listened_only_simulation_waits_for_its_first_listener(sample):
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+def test_a_sumo_town_is_built_for_the_simulations_time_step():
+    """Short SUMO edges are stretched for ``model_options["dt"]``, so a coarse step still runs."""
+    from pathlib import Path
+
+    from simulator.services import build_model
+
+    path = Path(__file__).resolve().parent / "data" / "cross.net.xml"
+    simulation = Simulation(
+        topology=Topology.SUMO, topology_options={"path": str(path)}, model_options={"dt": 5.0}
+    )
+    model = build_model(simulation)
+    model.step(2)
+    assert model.time == pytest.approx(10.0)
