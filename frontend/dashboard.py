@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timedelta
 from functools import wraps
 from typing import Any
 
@@ -18,7 +17,6 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import Membership, Role
@@ -70,7 +68,7 @@ from .forms import (
     RoleForm,
     SimulationForm,
 )
-from .selectors import usage_by_hour, usage_totals
+from .selectors import Usage, usage_window
 
 View = Callable[..., HttpResponse]
 
@@ -147,11 +145,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "frontend/dashboard/start.html", {"form": form})
 
 
-def _usage_chart(network_ids: list[int], hours: int) -> tuple[BarChart, int, int]:
-    """The hourly bar chart of ``hours`` hours, total messages and total bytes."""
-    series = usage_by_hour(network_ids=network_ids, hours=hours)
-    chart = bar_chart([(f"{u.hour:%H}:00", u.messages) for u in series], every=max(hours // 8, 1))
-    return chart, sum(u.messages for u in series), sum(u.bytes for u in series)
+def _usage_chart(usage: Usage) -> BarChart:
+    """The hourly bar chart of messages published."""
+    hours = len(usage.hours)
+    return bar_chart(
+        [(f"{u.hour:%H}:00", u.messages) for u in usage.hours], every=max(hours // 8, 1)
+    )
 
 
 @org_view()
@@ -176,20 +175,19 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
             return redirect("frontend:network", org=membership.organization.slug, slug=network.slug)
     networks = list(networks_of(organization_id=membership.organization_id))
     ids = [n.id for n in networks]
-    usage = usage_totals(network_ids=ids, since=timezone.now() - timedelta(hours=24))
+    usage = usage_window(network_ids=ids, hours=24)
     revenue = revenue_by_network(network_ids=ids)
     listeners = listeners_now(ids)
     rows = [
         {
             "network": network,
-            "messages": usage.get(network.id, {}).get("messages", 0),
-            "bytes": usage.get(network.id, {}).get("bytes", 0),
+            "messages": usage.of(network.id)["messages"],
+            "bytes": usage.of(network.id)["bytes"],
             "listeners": listeners.get(network.id, 0),
             "revenue": revenue[network.id],
         }
         for network in networks
     ]
-    chart, _, _ = _usage_chart(ids, 24)
     monthly: dict[str, int] = {}
     for row in rows:
         for currency, cents in row["revenue"].monthly:
@@ -209,7 +207,7 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
         tab="networks",
         rows=rows,
         form=form,
-        usage_chart=chart,
+        usage_chart=_usage_chart(usage),
         subscribers_chart=subscribers_chart,
         revenue_chart=revenue_chart,
         revenue_currency=currency,
@@ -257,7 +255,7 @@ def network_detail(request: HttpRequest, membership: Membership, slug: str) -> H
             network_update(network=Network.objects.get(pk=network.pk), **changes)
             messages.success(request, "Saved.")
             return redirect("frontend:network", org=membership.organization.slug, slug=slug)
-    chart, messages_48h, bytes_48h = _usage_chart([network.id], 48)
+    usage = usage_window(network_ids=[network.id], hours=48)
     return _page(
         request,
         membership,
@@ -265,8 +263,8 @@ def network_detail(request: HttpRequest, membership: Membership, slug: str) -> H
         tab="networks",
         network=network,
         form=form,
-        usage_chart=chart,
-        totals={"messages": messages_48h, "bytes": bytes_48h},
+        usage_chart=_usage_chart(usage),
+        totals=usage.of(network.id),
         listeners=listeners_now([network.id]).get(network.id, 0),
         revenue=revenue_by_network(network_ids=[network.id])[network.id],
         prices=Price.objects.filter(network=network, active=True),

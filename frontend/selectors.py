@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -77,29 +77,39 @@ class HourUsage:
     bytes: int
 
 
-def usage_by_hour(*, network_ids: Iterable[int], hours: int = 24) -> list[HourUsage]:
-    """Messages and bytes per hour over the last ``hours`` hours (oldest first, zeros kept)."""
+@dataclass(frozen=True)
+class Usage:
+    hours: list[HourUsage]  # oldest first, zeros kept
+    by_network: dict[int, dict[str, int]]  # network id → {"messages", "bytes"} in the window
+
+    def of(self, network_id: int) -> dict[str, int]:
+        """``{"messages", "bytes"}`` of one network in the window (zeros if it was silent)."""
+        return self.by_network.get(network_id, {"messages": 0, "bytes": 0})
+
+
+def usage_window(*, network_ids: Iterable[int], hours: int = 24) -> Usage:
+    """Messages and bytes over the last ``hours`` whole hours, per hour and per network.
+
+    One query (a row per network and hour), so a page's chart and its per-network totals
+    always cover the same hours.
+    """
     now = timezone.now().replace(minute=0, second=0, microsecond=0)
     start = now - timedelta(hours=hours - 1)
-    rows = (
-        UsageHour.objects.filter(network_id__in=list(network_ids), hour__gte=start)
-        .values("hour")
-        .annotate(messages=Sum("messages"), bytes=Sum("bytes"))
+    rows = UsageHour.objects.filter(network_id__in=list(network_ids), hour__gte=start).values_list(
+        "network_id", "hour", "messages", "bytes"
     )
-    by_hour = {row["hour"]: row for row in rows}
+    per_hour: dict[datetime, list[int]] = {}
+    by_network: dict[int, dict[str, int]] = {}
+    for network_id, hour, messages, size in rows:
+        slot = per_hour.setdefault(hour, [0, 0])
+        slot[0] += messages
+        slot[1] += size
+        totals = by_network.setdefault(network_id, {"messages": 0, "bytes": 0})
+        totals["messages"] += messages
+        totals["bytes"] += size
     series = []
     for i in range(hours):
         hour = start + timedelta(hours=i)
-        row = by_hour.get(hour, {})
-        series.append(HourUsage(hour, row.get("messages") or 0, row.get("bytes") or 0))
-    return series
-
-
-def usage_totals(*, network_ids: Iterable[int], since: datetime) -> dict[int, dict]:
-    """Network id → {"messages", "bytes"} published since ``since``."""
-    rows = (
-        UsageHour.objects.filter(network_id__in=list(network_ids), hour__gte=since)
-        .values("network_id")
-        .annotate(messages=Sum("messages"), bytes=Sum("bytes"))
-    )
-    return {row["network_id"]: row for row in rows}
+        messages, size = per_hour.get(hour, (0, 0))
+        series.append(HourUsage(hour, messages, size))
+    return Usage(hours=series, by_network=by_network)

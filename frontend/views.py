@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -11,7 +9,6 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
-from django.utils import timezone
 
 from accounts.models import PersonalToken
 from accounts.selectors import organizations_of
@@ -22,7 +19,7 @@ from networks.models import Network
 from streaming.selectors import listeners_now
 
 from .forms import CatalogueFilterForm, PersonalTokenForm
-from .selectors import catalogue_networks, catalogue_providers, featured_networks, usage_totals
+from .selectors import catalogue_networks, catalogue_providers, featured_networks, usage_window
 
 CATALOGUE_PAGE_SIZE = 24
 
@@ -123,13 +120,9 @@ def account(request: HttpRequest) -> HttpResponse:
             created = personal_token_create(user=request.user, name=form.cleaned_data["name"])
             form = PersonalTokenForm()
     subscriptions = list(subscriptions_of(user=request.user))
-    usage = usage_totals(
-        network_ids={s.network_id for s in subscriptions},
-        since=timezone.now() - timedelta(hours=24),
-    )
+    usage = usage_window(network_ids={s.network_id for s in subscriptions}, hours=24)
     for subscription in subscriptions:
-        subscription.messages_24h = usage.get(subscription.network_id, {}).get("messages", 0)
-    paid = [s.network for s in subscriptions]
+        subscription.messages_24h = usage.of(subscription.network_id)["messages"]
     return render(
         request,
         "frontend/account.html",
@@ -146,7 +139,7 @@ def account(request: HttpRequest) -> HttpResponse:
                 if created
                 else ""
             ),
-            "example_network": paid[0] if paid else None,
+            "example_network": subscriptions[0].network if subscriptions else None,
             "can_manage_billing": billing_configured() and is_stripe_customer(user=request.user),
             "memberships": organizations_of(user=request.user).order_by("organization__name"),
         },

@@ -68,6 +68,24 @@ def test_the_usage_chart_draws_one_bar_per_hour(acme):
     assert sorted(map(int, bars))[-2:] == [10, 40]
 
 
+def test_the_overview_totals_count_the_charted_hours(acme):
+    """Per-network and overall 24-hour totals cover exactly the hours the chart draws."""
+    other = NetworkFactory(organization=acme.organization, slug="acme-other")
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    for network, hours_ago, count in ((acme.network, 0, 40), (other, 23, 7), (other, 24, 999)):
+        UsageHour.objects.create(
+            organization=acme.organization,
+            network=network,
+            hour=now - timedelta(hours=hours_ago),
+            messages=count,
+        )
+    page = browser_for(acme.member).get("/dashboard/acme/").content.decode()
+    bars = re.findall(r'<rect class="bar"[^>]*><title>[^<]*: (\d+)</title>', page)
+    assert sum(map(int, bars)) == 47
+    assert re.findall(r'<td class="num">(.*?)</td>', row_of(page, "acme-other"), re.S)[0] == "7"
+    assert '>47</div><div class="label">messages, last 24 h' in page
+
+
 def test_the_overview_costs_the_same_queries_for_1_or_12_networks(
     acme, django_assert_max_num_queries
 ):
