@@ -23,7 +23,7 @@ import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from .redis_clients import async_redis_client, redis_client
+from .redis_clients import async_redis_client, redis_client, registered_script
 from .selectors import NetworkInfo, PublisherKey
 from .sequence import local_allocator
 
@@ -128,7 +128,7 @@ async def aadmit_publish(
     number; RateLimited if over the limit."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
-        script = async_redis_client().register_script(_ADMIT_SCRIPT)
+        script = registered_script(async_redis_client(), _ADMIT_SCRIPT)
         return _result(await script(keys=keys, args=args))
     # One publish at a time per network from here to the hand-over, so listeners get
     # messages in seq order even when a block reservation makes one publish wait.
@@ -162,7 +162,8 @@ def admit_publish(
     """``aadmit_publish`` for sync callers (tasks, commands)."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
-        return _result(redis_client().register_script(_ADMIT_SCRIPT)(keys=keys, args=args))
+        script = registered_script(redis_client(), _ADMIT_SCRIPT)
+        return _result(script(keys=keys, args=args))
     local.take(network, publisher, nbytes)
     seq = local_allocator.next(network.id)
     local_history.append(network, seq, ts, frame)

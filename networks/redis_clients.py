@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from functools import cache
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -43,3 +44,16 @@ def async_redis_client() -> redis.asyncio.Redis:
         )
         client = _async_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
+
+
+_scripts: weakref.WeakKeyDictionary[object, dict[str, object]] = weakref.WeakKeyDictionary()
+
+
+def registered_script(client: redis.Redis | redis.asyncio.Redis, source: str) -> Any:
+    """``client.register_script(source)``, made once per client: the publish path calls it
+    for every message, and each registration hashes the whole script again."""
+    by_source = _scripts.setdefault(client, {})
+    script = by_source.get(source)
+    if script is None:
+        script = by_source[source] = client.register_script(source)
+    return script

@@ -13,7 +13,7 @@ from collections import defaultdict
 from django.conf import settings
 
 from networks.accounting import redis_key
-from networks.redis_clients import async_redis_client
+from networks.redis_clients import async_redis_client, registered_script
 
 STALE_SECONDS = 24 * 3600
 
@@ -38,7 +38,7 @@ async def connection_admit(*, user_id: int, network_id: int, connection: str) ->
     limit = settings.LISTENER_CONNECTIONS_PER_USER
     key = _key(user_id, network_id)
     if settings.REDIS_URL:
-        script = async_redis_client().register_script(_ADMIT)
+        script = registered_script(async_redis_client(), _ADMIT)
         args = [time.time(), limit, STALE_SECONDS, connection]
         return bool(await script(keys=[key], args=args))
     members = _local[key]

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.dispatch import Signal
 
 from networks.accounting import redis_key
-from networks.redis_clients import async_redis_client, redis_client
+from networks.redis_clients import async_redis_client, redis_client, registered_script
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class OccupancyReporter:
         for network_id, count in counts.items():
             args += [network_id, count]
         try:
-            script = async_redis_client().register_script(_UPDATE_SCRIPT)
+            script = registered_script(async_redis_client(), _UPDATE_SCRIPT)
             reply = await script(keys=[occupancy_key()], args=[str(a) for a in args])
         except (redis.RedisError, OSError) as exc:
             logger.warning("occupancy not written (%s); retrying", exc)
