@@ -43,13 +43,13 @@ def network_create(
     name: str = "",
     description: str = "",
     is_public: bool = True,
-    **settings: Any,
+    **fields: Any,
 ) -> Network:
     """Create a network after validating its fields (ValidationError on a bad or taken slug).
 
-    ``settings`` are any of the other editable fields (``NETWORK_EDITABLE_FIELDS``).
+    ``fields`` are any of the other editable fields (``NETWORK_EDITABLE_FIELDS``).
     """
-    unknown = set(settings) - set(NETWORK_EDITABLE_FIELDS)
+    unknown = set(fields) - set(NETWORK_EDITABLE_FIELDS)
     if unknown:
         raise ValueError(f"Not settable: {', '.join(sorted(unknown))}")
     network = Network(
@@ -58,7 +58,7 @@ def network_create(
         name=name or slug,
         description=description,
         is_public=is_public,
-        **settings,
+        **fields,
     )
     network.full_clean()
     network.save()
