@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import statistics
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from bench.measure import percentile
 from tests.e2e import harness
 
 SEED = """
@@ -94,32 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="katiedj-pages-"))
     stack = harness.start_production_stack(
         tmp,
-        processes=0,
+        processes=1,
         extra_env={"DEBUG": "false", "SECRET_KEY": secrets.token_urlsafe(50)},
     )
     try:
-        session_key = harness.run_python(
-            stack.env, "manage.py", "shell", "-c", SEED.format(networks=options.networks)
-        )
-        if session_key.returncode != 0:
-            raise RuntimeError(session_key.stderr)
-        port = harness.free_port()
-        server = harness.ServerProcess(
-            harness.uvicorn_command(port), stack.env, port, tmp / "web.log"
-        )
-        stack.servers.append(server)
-        server.start()
-        cookies = {"sessionid": session_key.stdout.strip().splitlines()[-1]}
+        output = harness.manage(stack.env, "shell", "-c", SEED.format(networks=options.networks))
+        server = stack.servers[0]
+        cookies = {"sessionid": output.strip().splitlines()[-1]}
         print(f"| page | status | p50 ms | p95 ms | max ms |  ({options.requests} requests each)")
         print("|---|---|---|---|---|")
         with httpx.Client(base_url=server.http, cookies=cookies, timeout=30) as client:
             for name, path in PAGES:
                 status, timings = measure(client, path, options.requests)
-                p95 = statistics.quantiles(timings, n=20)[-1]
-                print(f"| {name} `{path}` | {status} | {statistics.median(timings):.1f} | "
+                ordered = sorted(timings)
+                p50, p95 = percentile(ordered, 0.50), percentile(ordered, 0.95)
+                print(f"| {name} `{path}` | {status} | {p50:.1f} | "
                       f"{p95:.1f} | {max(timings):.1f} |")  # fmt: skip
     finally:
         stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
