@@ -241,7 +241,7 @@ function LiveView(root, topology) {
   if (topology && Array.isArray(topology.streets) && topology.streets.length) {
     traffic = true;
     chartTitle.textContent = "Density of chosen streets (veh/km)";
-    showTraffic({});
+    showTraffic();
   }
 
   this.message = (seq, ts, data, raw) => {
@@ -271,7 +271,7 @@ function LiveView(root, topology) {
     const values = traffic ? numericMap(data.state) : flatten(data);
     points.push({ t: when, values });
     if (points.length > MAX_POINTS) points.shift();
-    if (traffic) showTraffic(values);
+    if (traffic) showTraffic(); // coloured by render(), at most every RENDER_EVERY_MS
     for (const key of Object.keys(values)) discover(key);
     dirty = true;
   };
@@ -372,12 +372,10 @@ function LiveView(root, topology) {
 
   // --- Traffic: map or tiles coloured by density --------------------------------------------
 
-  function showTraffic(values) {
-    if (!map) {
-      trafficBox.hidden = false;
-      map = topology ? buildMap(topology) : buildTiles();
-    }
-    map.update(values);
+  function showTraffic() {
+    if (map) return;
+    trafficBox.hidden = false;
+    map = topology ? buildMap(topology) : buildTiles();
   }
 
   function ramp(ratio) {
