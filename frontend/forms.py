@@ -8,7 +8,9 @@ from django import forms
 from django.conf import settings
 
 from accounts.models import Role
+from billing.models import Interval
 from networks.models import Backpressure, KeyScope, Network
+from networks.selectors import networks_of
 from networks.services import NETWORK_EDITABLE_FIELDS
 
 
@@ -86,7 +88,7 @@ class ApiKeyForm(forms.Form):
     def __init__(self, *args: object, organization_id: int, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         # Only the organization's own networks can be chosen.
-        self.fields["networks"].queryset = Network.objects.filter(organization_id=organization_id)
+        self.fields["networks"].queryset = networks_of(organization_id=organization_id)
         self.fields["networks"].to_field_name = "slug"
 
 
@@ -106,7 +108,7 @@ class PersonalTokenForm(forms.Form):
 
 
 class PriceForm(forms.Form):
-    interval = forms.ChoiceField(choices=[("month", "Monthly"), ("year", "Yearly")])
+    interval = forms.ChoiceField(choices=Interval.choices)
     amount = forms.DecimalField(min_value=Decimal("0.50"), max_digits=8, decimal_places=2)
     currency = forms.ChoiceField(choices=[("eur", "EUR"), ("usd", "USD"), ("gbp", "GBP")])
 
@@ -149,8 +151,8 @@ class SimulationForm(forms.Form):
     def __init__(self, *args: object, organization_id: int, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         # Only the organization's own live networks can be chosen.
-        self.fields["network"].queryset = Network.objects.filter(
-            organization_id=organization_id, archived_at__isnull=True
+        self.fields["network"].queryset = networks_of(organization_id=organization_id).filter(
+            archived_at__isnull=True
         )
 
     def topology_options(self) -> dict:
