@@ -162,15 +162,7 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
             raise PermissionDenied
         form = NetworkForm(request.POST)
         if form.is_valid():
-            data = dict(form.cleaned_data)
-            network = network_create(
-                organization=membership.organization,
-                slug=data.pop("slug"),
-                name=data.pop("name"),
-                description=data.pop("description"),
-                is_public=data.pop("is_public"),
-            )
-            network_update(network=network, **data)
+            network = network_create(organization=membership.organization, **form.cleaned_data)
             messages.success(request, f"Network {network.slug} created.")
             return redirect("frontend:network", org=membership.organization.slug, slug=network.slug)
     networks = list(networks_of(organization_id=membership.organization_id))
