@@ -41,6 +41,7 @@ from bench.measure import (
     core_jiffies,
     cpu_list,
     distribution_ms,
+    event_loop,
     git_commit,
     other_processes,
     pin_process,
@@ -49,7 +50,6 @@ from bench.measure import (
     process_cpu_table,
     raise_fd_limit,
     self_cpu_seconds,
-    uvloop_available,
 )
 from tests.e2e import harness
 
@@ -171,7 +171,7 @@ def config_from(args: argparse.Namespace) -> Config:
         drain_max=args.drain_max if args.drain_max is not None else max(5.0, args.duration),
         drain_stall=args.drain_stall,
         debug=args.debug,
-        loop=args.loop if args.loop == "asyncio" or uvloop_available() else "asyncio",
+        loop=event_loop(args.loop),
         redis_url=args.redis_url,
         json_path=args.json_path,
     )
@@ -552,9 +552,7 @@ async def drain(cfg: Config, tally: Tally, expected: int) -> Drain:
     return Drain(end_time - started, reason, tail)
 
 
-def deliveries(
-    listeners: list[Listener], log: PublishLog, starts: list[int] | None = None
-) -> dict[str, Any]:
+def deliveries(listeners: list[Listener], log: PublishLog, starts: list[int]) -> dict[str, Any]:
     """Count delivered, duplicated, reordered and unexpected frames; latency percentiles.
 
     ``starts[i]``: how many ids listener i had recorded before this window began.
@@ -567,7 +565,7 @@ def deliveries(
     for number, listener in enumerate(listeners):
         seen: set[int] = set()
         previous = -1
-        start = starts[number] if starts else 0
+        start = starts[number]
         ids, received_after = listener.ids[start:], listener.latencies[start:]
         for message_id, latency in zip(ids, received_after, strict=True):
             if message_id in seen:
@@ -663,22 +661,14 @@ class Session:
     ramp. Server pids are read when the session starts, so restart servers between sessions.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        stack: harness.Stack,
-        ws_urls: list[str] | None = None,
-        key: str | None = None,
-    ) -> None:
+    def __init__(self, cfg: Config, stack: harness.Stack) -> None:
         self.cfg = cfg
         self.stack = stack
         self.probe = ServerProbe(stack)
         self.redis_stats = RedisStats(stack.env.get("REDIS_URL"))
-        self.ws_urls = ws_urls or [
-            f"{server.ws}/ws/networks/{cfg.network}/" for server in stack.servers
-        ]
+        self.ws_urls = [f"{server.ws}/ws/networks/{cfg.network}/" for server in stack.servers]
         http_urls = [f"{server.http}/api/publish" for server in stack.servers]
-        self.publisher = Publisher(cfg, http_urls, key or stack.demo_key)
+        self.publisher = Publisher(cfg, http_urls, stack.demo_key)
         self.listeners: list[Listener] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.tally = Tally()

@@ -191,9 +191,9 @@ def git_commit() -> str | None:
 
 
 def asyncio_runner(loop: str) -> Callable[[Coroutine[Any, Any, T]], T]:
-    """Run a coroutine on uvloop or the stock loop."""
+    """Run a coroutine on uvloop (when asked and installed) or the stock loop."""
     factory = None
-    if loop == "uvloop":
+    if event_loop(loop) == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
@@ -205,10 +205,12 @@ def asyncio_runner(loop: str) -> Callable[[Coroutine[Any, Any, T]], T]:
     return execute
 
 
-def uvloop_available() -> bool:
-    """Whether uvloop can be imported (both sides use it when it can)."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def event_loop(requested: str) -> str:
+    """The loop that will run: ``"uvloop"`` when asked for and importable, else ``"asyncio"``."""
+    if requested == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "asyncio"
+        return "uvloop"
+    return "asyncio"

@@ -31,7 +31,7 @@ from typing import cast
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
-from bench.measure import asyncio_runner, uvloop_available
+from bench.measure import asyncio_runner
 
 PATH_PREFIX = "/ws/networks/"
 MAX_BODY_BYTES = 65_536
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", required=True, help="the API-KEY publishers must send")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args(argv)
-    loop = args.loop if args.loop == "asyncio" or uvloop_available() else "asyncio"
-    asyncio_runner(loop)(serve_forever(args.host, args.port, args.http_port, args.key))
+    asyncio_runner(args.loop)(serve_forever(args.host, args.port, args.http_port, args.key))
     return 0
 
 
