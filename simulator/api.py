@@ -16,6 +16,7 @@ from networks.selectors import networks_of
 
 from .models import Simulation, SimulationStatus
 from .output import EXTRAS
+from .selectors import simulation_get_for_org, simulations_of
 from .services import simulation_reset, simulation_set_status, simulation_validate
 
 ACTIONS = {
@@ -75,12 +76,6 @@ class SimulationSerializer(serializers.ModelSerializer):
         return {name: getattr(self.instance, name) for name in names}
 
 
-def _simulations(organization_id: int) -> QuerySet[Simulation]:
-    return Simulation.objects.filter(network__organization_id=organization_id).select_related(
-        "network"
-    )
-
-
 class SimulationListView(generics.ListAPIView):
     """The organization's simulations (any member); create one, stopped (admins)."""
 
@@ -88,7 +83,7 @@ class SimulationListView(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Simulation]:
         membership = membership_get(user=self.request.user, organization_slug=self.kwargs["org"])
-        return _simulations(membership.organization_id)
+        return simulations_of(organization_id=membership.organization_id)
 
     def post(self, request: Request, org: str) -> Response:
         actor = membership_require(user=request.user, organization_slug=org, minimum=Role.ADMIN)
@@ -105,12 +100,16 @@ class SimulationDetailView(APIView):
 
     def get(self, request: Request, org: str, simulation_id: int) -> Response:
         membership = membership_get(user=request.user, organization_slug=org)
-        simulation = _simulations(membership.organization_id).get(pk=simulation_id)
+        simulation = simulation_get_for_org(
+            organization_id=membership.organization_id, simulation_id=simulation_id
+        )
         return Response(SimulationSerializer(simulation).data)
 
     def patch(self, request: Request, org: str, simulation_id: int) -> Response:
         actor = membership_require(user=request.user, organization_slug=org, minimum=Role.ADMIN)
-        simulation = _simulations(actor.organization_id).get(pk=simulation_id)
+        simulation = simulation_get_for_org(
+            organization_id=actor.organization_id, simulation_id=simulation_id
+        )
         serializer = SimulationSerializer(
             simulation, data=request.data, partial=True, organization_id=actor.organization_id
         )
@@ -133,7 +132,9 @@ class SimulationActionView(APIView):
     )
     def post(self, request: Request, org: str, simulation_id: int, action: str) -> Response:
         actor = membership_require(user=request.user, organization_slug=org, minimum=Role.ADMIN)
-        simulation = _simulations(actor.organization_id).get(pk=simulation_id)
+        simulation = simulation_get_for_org(
+            organization_id=actor.organization_id, simulation_id=simulation_id
+        )
         if action not in ACTIONS:
             raise serializers.ValidationError({"action": [f"One of: {', '.join(ACTIONS)}"]})
         try:
