@@ -45,9 +45,21 @@ def user_group(user_id: int) -> str:
 
 
 def subscription_entitled_until(subscription: Subscription, now: datetime) -> datetime | None:
-    """Until when this subscription lets its owner listen (None: not now)."""
+    """Until when this subscription lets its owner listen (None: not now).
+
+    A Stripe subscription that renews keeps its rights ``BILLING_RENEWAL_LEEWAY_SECONDS``
+    past its period end, while the renewal's payment and webhook are on their way; one set
+    to cancel at the period end, and an admin's grant, end exactly then.
+    """
     period_end = subscription.current_period_end or now + timedelta(days=1)
     if subscription.status in ENTITLING:
+        renews = (
+            bool(subscription.stripe_subscription_id)
+            and not subscription.granted_by_admin
+            and not subscription.cancel_at_period_end
+        )
+        if renews:
+            period_end += timedelta(seconds=settings.BILLING_RENEWAL_LEEWAY_SECONDS)
         return period_end if period_end > now else None
     if subscription.status == SubscriptionStatus.PAST_DUE and subscription.past_due_since:
         grace_end = subscription.past_due_since + timedelta(
@@ -57,15 +69,22 @@ def subscription_entitled_until(subscription: Subscription, now: datetime) -> da
     return None
 
 
-def entitlements_of(*, user: User) -> dict[int, datetime]:
-    """Paid network id → until when the person may hear it (database read)."""
+def entitlements_of_user_id(*, user_id: int) -> dict[int, datetime]:
+    """Paid network id → until when the person may hear it, from all their subscriptions
+    and grants together (database read; archived networks give no rights)."""
     now = timezone.now()
     rights: dict[int, datetime] = {}
-    for subscription in Subscription.objects.filter(user=user).select_related("network"):
+    rows = Subscription.objects.filter(user_id=user_id, network__archived_at__isnull=True)
+    for subscription in rows:
         until = subscription_entitled_until(subscription, now)
-        if until is not None and subscription.network.archived_at is None:
+        if until is not None:
             rights[subscription.network_id] = max(until, rights.get(subscription.network_id, until))
     return rights
+
+
+def entitlements_of(*, user: User) -> dict[int, datetime]:
+    """Paid network id → until when the person may hear it (database read)."""
+    return entitlements_of_user_id(user_id=user.pk)
 
 
 def user_may_hear(*, user: User | None, network: Network) -> bool:

@@ -1,9 +1,17 @@
-"""Writes for subscriptions: demo grants and endings (Stripe-driven changes come later)."""
+"""Writes about money and access: prices, checkout, plan changes, cancellations, grants.
+
+Every change that touches a Stripe subscription asks Stripe first and then mirrors what
+Stripe answered (``billing.sync.subscription_mirror``), so we never hold a state Stripe
+doesn't have. Access then follows through the model (``billing.access``).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -13,48 +21,197 @@ from accounts.models import User
 from networks.models import Network
 
 from . import stripe_gateway
-from .entitlement import entitlements_changed, entitlements_grew, subscription_entitled_until
-from .models import Customer, Price, Subscription, SubscriptionStatus, WebhookEvent
+from .access import access_check
+from .errors import BillingError, BillingNotConfigured, StripeRejected, StripeUnavailable
+from .models import ENDED_STATUSES, Customer, Price, Subscription, SubscriptionStatus
+from .sync import (
+    LIVE_STRIPE_STATUSES,
+    latest_payment_refund,
+    lock_person_billing,
+    subscription_mirror,
+    subscription_network_id,
+    subscription_period,
+    subscription_refresh,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AlreadySubscribed",
+    "BillingError",
+    "BillingNotConfigured",
+    "StripeRejected",
+    "StripeUnavailable",
+]
+
+
+class AlreadySubscribed(BillingError):
+    """The person already has a live subscription to this network: change its plan instead."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        super().__init__(
+            f"You already subscribe to {subscription.network.name}: change your plan instead."
+        )
+        self.subscription = subscription
+
+
+# --- Grants (no Stripe) -----------------------------------------------------------------------
 
 
 @transaction.atomic
 def subscription_grant(*, user: User, network: Network, days: int = 30) -> Subscription:
-    """Give a person an active subscription without payment (demos, support)."""
+    """Give a person an active subscription without payment (demos, support); no renewal."""
     if network.is_public:
         raise ValueError(f"{network.slug} is free: nothing to grant.")
-    subscription = Subscription.objects.create(
+    return Subscription.objects.create(
         user=user,
         network=network,
         status=SubscriptionStatus.ACTIVE,
         current_period_end=timezone.now() + timedelta(days=days),
         granted_by_admin=True,
     )
-    entitlements_grew(user_id=user.pk)
-    return subscription
+
+
+# --- Ending subscriptions: the one way access is taken away ------------------------------------
+
+Refund = Literal["prorated", "full", "none"]
+
+
+def _remaining_fraction(stripe_subscription: dict[str, Any]) -> float:
+    start, end = subscription_period(stripe_subscription)
+    if not start or not end or end <= start:
+        return 0.0
+    now = timezone.now().timestamp()
+    return max(0.0, min(1.0, (end - now) / (end - start)))
 
 
 @transaction.atomic
-def subscription_end(*, subscription: Subscription) -> Subscription:
-    """End a subscription now: its owner's connections to the network close within seconds."""
-    subscription.status = SubscriptionStatus.CANCELED
-    subscription.current_period_end = timezone.now()
-    subscription.save(update_fields=["status", "current_period_end", "updated_at"])
-    entitlements_changed(user_id=subscription.user_id, network_ids=[subscription.network_id])
-    return subscription
+def subscription_cancel(
+    *,
+    subscription: Subscription,
+    at_period_end: bool = False,
+    refund: Refund = "prorated",
+    reason: str = "cancelled",
+) -> Subscription:
+    """End a subscription: at its period end, or now with a refund of the unused part.
+
+    Stripe is told first; the row then mirrors what Stripe answered. Ending now disconnects
+    the person within seconds and voids their tokens (unless another subscription entitles
+    them). A grant simply ends now. StripeUnavailable / StripeRejected leave nothing changed.
+    """
+    lock_person_billing(user=subscription.user)
+    subscription.refresh_from_db()
+    if not subscription.is_stripe_backed:
+        if not subscription.is_ended:
+            subscription.status = SubscriptionStatus.CANCELED
+            subscription.current_period_end = timezone.now()
+            subscription.save()
+        return subscription
+    read_at = timezone.now()
+    if at_period_end:
+        answer = stripe_gateway.subscription_set_cancel_at_period_end(
+            subscription_id=subscription.stripe_subscription_id, cancel=True
+        )
+    else:
+        before = stripe_gateway.subscription_retrieve(
+            subscription_id=subscription.stripe_subscription_id
+        )
+        answer = stripe_gateway.subscription_cancel_now(
+            subscription_id=subscription.stripe_subscription_id
+        )
+        if refund != "none" and before.get("status") not in ENDED_STATUSES:
+            fraction = 1.0 if refund == "full" else _remaining_fraction(before)
+            latest_payment_refund(stripe_subscription=before, fraction=fraction, reason=reason)
+    logger.info(
+        "subscription %s cancelled (%s, refund %s, %s)",
+        subscription.stripe_subscription_id,
+        "at period end" if at_period_end else "now",
+        refund,
+        reason,
+    )
+    return subscription_mirror(stripe_subscription=answer, read_at=read_at, user=subscription.user)
 
 
-# --- Stripe: prices, checkout, portal -------------------------------------------------------
+def subscription_end(*, subscription: Subscription, refund: Refund = "prorated") -> Subscription:
+    """End a subscription now (the admin's action): see ``subscription_cancel``."""
+    return subscription_cancel(subscription=subscription, refund=refund, reason="ended by staff")
 
 
-class BillingError(Exception):
-    """A billing action that cannot be done as asked (message is for people)."""
+@transaction.atomic
+def subscription_delete(*, subscription: Subscription) -> None:
+    """Delete a row: a live Stripe subscription is ended at Stripe first (prorated refund)."""
+    if subscription.is_stripe_backed and not subscription.is_ended:
+        subscription_cancel(subscription=subscription, reason="deleted by staff")
+        subscription.refresh_from_db()
+    subscription.delete()
+
+
+def subscription_resync(*, subscription: Subscription) -> Subscription:
+    """Re-read one subscription from Stripe (the admin's "resync" action)."""
+    if not subscription.is_stripe_backed:
+        return subscription
+    return subscription_refresh(
+        stripe_subscription_id=subscription.stripe_subscription_id, user_id=subscription.user_id
+    )
+
+
+def network_subscriptions_end(*, network_id: int, reason: str) -> int:
+    """The network was archived or made free: end every live subscription now with a prorated
+    refund and retire its prices. Returns how many subscriptions were ended.
+
+    Runs in a worker (a network may have many subscribers); StripeUnavailable makes the task
+    retry, and a retry picks up where this stopped.
+    """
+    ended = 0
+    live = Subscription.objects.filter(network_id=network_id).exclude(status__in=ENDED_STATUSES)
+    for subscription in live.select_related("user"):
+        subscription_cancel(subscription=subscription, reason=reason)
+        ended += 1
+    for price in Price.objects.filter(network_id=network_id, active=True):
+        price_retire(price=price)
+    return ended
+
+
+# --- Prices ------------------------------------------------------------------------------------
+
+
+def price_retire(*, price: Price) -> None:
+    """No new subscriptions at this price (existing ones keep it until they end)."""
+    if price.stripe_price_id and stripe_gateway.billing_configured():
+        stripe_gateway.price_deactivate(price_id=price.stripe_price_id)
+    price.active = False
+    price.save(update_fields=["active"])
+
+
+@transaction.atomic
+def price_remove(*, network: Network, interval: str) -> int:
+    """Stop selling ``interval``: the price is retired and its subscribers are set to cancel
+    at their period end (they keep what they paid for). Returns how many were set so."""
+    price = Price.objects.filter(network=network, interval=interval, active=True).first()
+    if price is None:
+        raise BillingError(f"{network.name} has no {interval}ly price.")
+    price_retire(price=price)
+    count = 0
+    subscribers = Subscription.objects.filter(price=price, cancel_at_period_end=False).exclude(
+        status__in=ENDED_STATUSES
+    )
+    for subscription in subscribers.select_related("user"):
+        subscription_cancel(subscription=subscription, at_period_end=True, reason="price removed")
+        count += 1
+    return count
 
 
 @transaction.atomic
 def price_set(*, network: Network, interval: str, amount: int, currency: str = "eur") -> Price:
-    """Set a paid network's price for ``interval``: a new Stripe Price; subscribers keep theirs."""
+    """Set a paid network's price for ``interval``: a new Stripe Price; subscribers keep theirs.
+
+    A Product created here is deleted again if its Price cannot be created, so a failure
+    leaves nothing behind at Stripe.
+    """
     if network.is_public:
         raise BillingError("Free networks have no price; make the network paid first.")
+    if network.archived_at is not None:
+        raise BillingError("Archived networks cannot be sold.")
     if amount < 50:
         raise BillingError("The smallest price is 0.50.")
     current = Price.objects.filter(network=network, interval=interval, active=True).first()
@@ -67,24 +224,30 @@ def price_set(*, network: Network, interval: str, amount: int, currency: str = "
         .first()
         or ""
     )
-    product_id = stripe_gateway.product_upsert(
-        product_id=product_id,
-        name=network.name,
-        description=network.description,
-        network_id=network.pk,
-    )
-    stripe_price_id = stripe_gateway.price_create(
-        product_id=product_id,
-        amount=amount,
-        currency=currency,
-        interval=interval,
-        network_id=network.pk,
-    )
+    created_product = not product_id
+    if created_product:
+        product_id = stripe_gateway.product_create(
+            name=network.name, description=network.description, network_id=network.pk
+        )
+    else:
+        stripe_gateway.product_update(
+            product_id=product_id, name=network.name, description=network.description
+        )
+    try:
+        stripe_price_id = stripe_gateway.price_create(
+            product_id=product_id,
+            amount=amount,
+            currency=currency,
+            interval=interval,
+            network_id=network.pk,
+            idempotency_key=f"katiedj-price-{uuid.uuid4()}",
+        )
+    except BillingError:
+        if created_product:
+            _product_cleanup(product_id)
+        raise
     if current is not None:
-        current.active = False
-        current.save(update_fields=["active"])
-        if current.stripe_price_id:
-            stripe_gateway.price_deactivate(price_id=current.stripe_price_id)
+        price_retire(price=current)
     return Price.objects.create(
         network=network,
         interval=interval,
@@ -95,27 +258,79 @@ def price_set(*, network: Network, interval: str, amount: int, currency: str = "
     )
 
 
+def _product_cleanup(product_id: str) -> None:
+    try:
+        stripe_gateway.product_delete(product_id=product_id)
+    except BillingError:
+        # Stripe is down for the clean-up too: an empty product costs nothing and the next
+        # price_set for another network makes its own; say so for the operator.
+        logger.warning("could not delete the unused Stripe product %s", product_id)
+
+
+# --- Checkout, plan changes, the customer portal -----------------------------------------------
+
+
 def customer_for(*, user: User) -> Customer:
     """The person's Stripe customer, created on first use and reused afterwards."""
     existing = Customer.objects.filter(user=user).first()
     if existing is not None:
         return existing
-    stripe_id = stripe_gateway.customer_create(email=user.email, user_id=user.pk)
-    customer, _ = Customer.objects.get_or_create(
-        user=user, defaults={"stripe_customer_id": stripe_id}
+    with transaction.atomic():
+        # Two tabs at once must not create two customers.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        existing = Customer.objects.filter(user=user).first()
+        if existing is not None:
+            return existing
+        stripe_id = stripe_gateway.customer_create(email=user.email, user_id=user.pk)
+        return Customer.objects.create(user=user, stripe_customer_id=stripe_id)
+
+
+def live_subscription(*, user: User, network: Network) -> Subscription | None:
+    """The person's Stripe subscription to the network that still bills, if any."""
+    return (
+        Subscription.objects.filter(user=user, network=network, granted_by_admin=False)
+        .exclude(stripe_subscription_id=None)
+        .filter(status__in=LIVE_STRIPE_STATUSES)
+        .select_related("network", "price")
+        .order_by("created_at")
+        .first()
     )
-    return customer
+
+
+def _live_at_stripe(*, customer: Customer, network: Network) -> dict[str, Any] | None:
+    for stripe_subscription in stripe_gateway.subscriptions_list(
+        status="all", customer_id=customer.stripe_customer_id
+    ):
+        if (
+            stripe_subscription.get("status") in LIVE_STRIPE_STATUSES
+            and subscription_network_id(stripe_subscription) == network.pk
+        ):
+            return stripe_subscription
+    return None
 
 
 def checkout_start(
     *, user: User, network: Network, interval: str, success_url: str, cancel_url: str
 ) -> str:
-    """Start Stripe Checkout for a paid network; returns the URL to send the person to."""
+    """Start Stripe Checkout for a paid network; returns the URL to send the person to.
+
+    AlreadySubscribed if the person already has a live subscription to it (asked of Stripe
+    too, in case its webhooks are still on their way): a second one is never sold.
+    """
     price = Price.objects.filter(network=network, interval=interval, active=True).first()
     if price is None or not price.stripe_price_id:
         raise BillingError(f"{network.name} has no {interval}ly price yet.")
+    existing = live_subscription(user=user, network=network)
+    if existing is not None:
+        raise AlreadySubscribed(existing)
+    customer = customer_for(user=user)
+    at_stripe = _live_at_stripe(customer=customer, network=network)
+    if at_stripe is not None:
+        raise AlreadySubscribed(
+            subscription_refresh(stripe_subscription_id=at_stripe["id"], user_id=user.pk)
+        )
     session = stripe_gateway.checkout_session_create(
-        customer_id=customer_for(user=user).stripe_customer_id,
+        customer_id=customer.stripe_customer_id,
         price_id=price.stripe_price_id,
         success_url=success_url,
         cancel_url=cancel_url,
@@ -123,6 +338,38 @@ def checkout_start(
         network_id=network.pk,
     )
     return session["url"]
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    subscription: Subscription
+    price: Price
+
+
+@transaction.atomic
+def subscription_change_plan(*, user: User, network: Network, interval: str) -> PlanChange:
+    """Move the person's subscription to the network's current ``interval`` price, prorated
+    by Stripe and invoiced at once (never a second subscription)."""
+    lock_person_billing(user=user)
+    subscription = live_subscription(user=user, network=network)
+    if subscription is None:
+        raise BillingError(f"You have no subscription to {network.name} to change.")
+    price = Price.objects.filter(network=network, interval=interval, active=True).first()
+    if price is None or not price.stripe_price_id:
+        raise BillingError(f"{network.name} has no {interval}ly price.")
+    if subscription.price_id == price.pk:
+        raise BillingError(f"You are already on the {price.get_interval_display().lower()} plan.")
+    if not subscription.stripe_item_id:
+        subscription = subscription_resync(subscription=subscription)
+    read_at = timezone.now()
+    answer = stripe_gateway.subscription_change_price(
+        subscription_id=subscription.stripe_subscription_id,
+        item_id=subscription.stripe_item_id,
+        price_id=price.stripe_price_id,
+        idempotency_key=f"katiedj-plan-{subscription.stripe_subscription_id}-{price.pk}",
+    )
+    mirrored = subscription_mirror(stripe_subscription=answer, read_at=read_at, user=user)
+    return PlanChange(subscription=mirrored, price=price)
 
 
 def portal_url(*, user: User, return_url: str) -> str:
@@ -135,153 +382,32 @@ def portal_url(*, user: User, return_url: str) -> str:
     )
 
 
-# --- Stripe: webhooks and reconciliation ------------------------------------------------------
+# --- Time ends rights too -------------------------------------------------------------------------
 
 
-HANDLED_EVENTS = (
-    "checkout.session.completed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.paid",
-    "invoice.payment_failed",
-)
+def expire_lapsed_access() -> int:
+    """Close the connections of people whose rights just ran out with no event to say so: a
+    past_due grace period over, or a period (plus leeway) over with no renewal. Returns how
+    many subscriptions lapsed in this run; each is acted on once until its rights return."""
+    from .entitlement import ENTITLING, subscription_entitled_until
 
-
-def webhook_receive(*, payload: bytes, signature_header: str | None) -> WebhookEvent | None:
-    """Verify and store an event once; returns it if new (to process), None for a replay.
-
-    Raises WebhookRejected for unsigned, wrongly signed or stale payloads.
-    """
-    event = stripe_gateway.webhook_event(payload=payload, signature_header=signature_header)
-    row, created = WebhookEvent.objects.get_or_create(
-        stripe_event_id=event["id"],
-        defaults={
-            "type": event["type"],
-            "created": datetime.fromtimestamp(event["created"], tz=UTC),
-            "payload": event,
-        },
-    )
-    return row if created else None
-
-
-def _epoch(value: int | None) -> datetime | None:
-    return datetime.fromtimestamp(value, tz=UTC) if value else None
-
-
-def _invoice_subscription_id(invoice: dict[str, Any]) -> str | None:
-    details = (invoice.get("parent") or {}).get("subscription_details") or {}
-    return details.get("subscription") or invoice.get("subscription")
-
-
-@transaction.atomic
-def webhook_event_apply(*, event_row: WebhookEvent) -> None:
-    """Apply one stored event (idempotent; an older event never overwrites a newer state)."""
-    event = event_row.payload
-    kind, obj = event["type"], event["data"]["object"]
-    # Every state is labelled with Stripe's clock (whole seconds). A subscription read fresh
-    # from Stripe is at least as new as the event that made us read it.
-    state_at = event_row.created
-    if kind == "checkout.session.completed" and obj.get("subscription"):
-        fresh = stripe_gateway.subscription_retrieve(subscription_id=obj["subscription"])
-        subscription_sync(stripe_subscription=fresh, state_at=state_at)
-    elif kind.startswith("customer.subscription."):
-        subscription_sync(stripe_subscription=obj, state_at=state_at)
-    elif kind in ("invoice.paid", "invoice.payment_failed"):
-        subscription_id = _invoice_subscription_id(obj)
-        if subscription_id:
-            fresh = stripe_gateway.subscription_retrieve(subscription_id=subscription_id)
-            subscription_sync(stripe_subscription=fresh, state_at=state_at)
-    event_row.processed_at = timezone.now()
-    event_row.save(update_fields=["processed_at"])
-
-
-def _owner_and_network(stripe_subscription: dict[str, Any]) -> tuple[User, Network, Price | None]:
-    metadata = stripe_subscription.get("metadata") or {}
-    items = (stripe_subscription.get("items") or {}).get("data") or [{}]
-    price_id = (items[0].get("price") or {}).get("id")
-    price = Price.objects.filter(stripe_price_id=price_id).first() if price_id else None
-    customer = Customer.objects.filter(
-        stripe_customer_id=stripe_subscription.get("customer")
-    ).first()
-    user = customer.user if customer else User.objects.filter(pk=metadata.get("user_id")).first()
-    network = (
-        price.network if price else Network.objects.filter(pk=metadata.get("network_id")).first()
-    )
-    if user is None or network is None:
-        raise BillingError(f"Cannot tell whose subscription {stripe_subscription['id']} is.")
-    return user, network, price
-
-
-@transaction.atomic
-def subscription_sync(*, stripe_subscription: dict[str, Any], state_at: datetime) -> Subscription:
-    """Mirror a Stripe subscription; ignored if ``state_at`` is older than what we hold."""
-    stripe_id = stripe_subscription["id"]
-    row = Subscription.objects.select_for_update().filter(stripe_subscription_id=stripe_id).first()
-    if row is not None and row.stripe_state_at and state_at < row.stripe_state_at:
-        return row  # an older event arriving late
-    if row is None:
-        user, network, price = _owner_and_network(stripe_subscription)
-        row = Subscription(
-            user=user, network=network, price=price, stripe_subscription_id=stripe_id
-        )
-        was_entitled = False
-    else:
-        was_entitled = subscription_entitled_until(row, timezone.now()) is not None
-    items = (stripe_subscription.get("items") or {}).get("data") or [{}]
-    status = stripe_subscription["status"]
-    if status == SubscriptionStatus.PAST_DUE and row.status != SubscriptionStatus.PAST_DUE:
-        row.past_due_since = timezone.now()
-    elif status != SubscriptionStatus.PAST_DUE:
-        row.past_due_since = None
-        row.grace_expired_at = None
-    row.status = status
-    row.current_period_end = _epoch(items[0].get("current_period_end"))
-    row.cancel_at_period_end = bool(stripe_subscription.get("cancel_at_period_end"))
-    row.stripe_state_at = state_at
-    row.save()
-    entitled = subscription_entitled_until(row, timezone.now()) is not None
-    if was_entitled and not entitled:
-        entitlements_changed(user_id=row.user_id, network_ids=[row.network_id])
-    elif entitled and not was_entitled:
-        entitlements_grew(user_id=row.user_id)
-    return row
-
-
-def subscriptions_reconcile() -> int:
-    """Re-read every subscription from Stripe to repair missed webhooks; returns how many."""
-    # One second back on Stripe's whole-second clock: an event of this very second still wins.
-    now = timezone.now().replace(microsecond=0) - timedelta(seconds=1)
-    synced = 0
-    for stripe_subscription in stripe_gateway.subscriptions_list(status="all"):
-        try:
-            subscription_sync(stripe_subscription=stripe_subscription, state_at=now)
-            synced += 1
-        except BillingError:
-            continue  # not one of ours (e.g. created by hand in the Stripe dashboard)
-    return synced
-
-
-def expire_grace_periods() -> int:
-    """Close the connections of people whose past_due grace period just ended.
-
-    Nothing else happens at that moment (no webhook), so a periodic task looks for it.
-    Returns how many subscriptions lost their rights in this run.
-    """
     now = timezone.now()
-    grace = timedelta(seconds=settings.BILLING_PAST_DUE_GRACE_SECONDS)
-    ended = Subscription.objects.filter(
-        status=SubscriptionStatus.PAST_DUE,
-        past_due_since__lte=now - grace,
-        grace_expired_at__isnull=True,
+    candidates = Subscription.objects.filter(
+        access_lapsed_at__isnull=True,
+        status__in=(*ENTITLING, SubscriptionStatus.PAST_DUE),
+        current_period_end__isnull=False,
     )
-    count = 0
-    for subscription in ended:
+    past_due_cutoff = now - timedelta(seconds=settings.BILLING_PAST_DUE_GRACE_SECONDS)
+    candidates = candidates.filter(current_period_end__lte=now) | candidates.filter(
+        status=SubscriptionStatus.PAST_DUE, past_due_since__lte=past_due_cutoff
+    )
+    lapsed = 0
+    for subscription in candidates.distinct():
+        if subscription_entitled_until(subscription, now) is not None:
+            continue  # within its leeway
         with transaction.atomic():
-            subscription.grace_expired_at = now
-            subscription.save(update_fields=["grace_expired_at"])
-            entitlements_changed(
-                user_id=subscription.user_id, network_ids=[subscription.network_id]
-            )
-        count += 1
-    return count
+            subscription.access_lapsed_at = now
+            subscription.save(update_fields=["access_lapsed_at"])
+            access_check(user_id=subscription.user_id, network_id=subscription.network_id)
+        lapsed += 1
+    return lapsed

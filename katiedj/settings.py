@@ -228,7 +228,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networks.tasks.flush_key_last_used",
         "schedule": float(os.environ.get("LAST_USED_FLUSH_SECONDS", "") or 30),
     },
-    "expire-grace-periods": {"task": "billing.tasks.expire_grace_periods", "schedule": 60.0},
+    "expire-lapsed-access": {"task": "billing.tasks.expire_lapsed_access", "schedule": 60.0},
     "reconcile-subscriptions": {
         "task": "billing.tasks.reconcile_subscriptions",
         "schedule": float(os.environ.get("RECONCILE_SECONDS", "") or 3600),
@@ -263,6 +263,10 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # subscription keeps its rights this long (seconds) before they end.
 ENTITLEMENT_TOKEN_SECONDS = env_int("ENTITLEMENT_TOKEN_SECONDS", 15 * 60)
 BILLING_PAST_DUE_GRACE_SECONDS = env_int("BILLING_PAST_DUE_GRACE_SECONDS", 3 * 24 * 3600)
+# A renewing subscription keeps its rights this long (seconds) past its period end, while
+# Stripe charges the renewal and its webhook arrives (Stripe finalizes renewal invoices about
+# an hour after the period ends).
+BILLING_RENEWAL_LEEWAY_SECONDS = env_int("BILLING_RENEWAL_LEEWAY_SECONDS", 3 * 3600)
 # Open connections one person may hold to one network (deters token sharing).
 LISTENER_CONNECTIONS_PER_USER = env_int("LISTENER_CONNECTIONS_PER_USER", 5)
 
@@ -273,6 +277,10 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 # Webhook events older than this (seconds) are refused as stale (replay protection).
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# Each Stripe request waits at most this long (seconds) and is retried this many times on a
+# connection error, 409, 429 or 5xx (with the same idempotency key) before giving up.
+STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "") or 10)
+STRIPE_NETWORK_RETRIES = env_int("STRIPE_NETWORK_RETRIES", 1)
 
 # The embedded demo: organization, the ``sample_net`` network and a publisher key.
 DEMO_API_KEY = os.environ.get("DEMO_API_KEY", "")

@@ -219,26 +219,49 @@ async def test_revoking_a_personal_token_closes_connections_opened_with_it(premi
 
 
 async def test_the_end_of_a_grace_period_closes_connections(premium, listener, settings):
-    from billing.services import expire_grace_periods
+    from billing.services import expire_lapsed_access
 
     settings.BILLING_PAST_DUE_GRACE_SECONDS = 3600
-    subscription = await sync_to_async(Subscription.objects.create)(
+    await sync_to_async(Subscription.objects.create)(
         user=listener,
         network=premium,
         status=SubscriptionStatus.PAST_DUE,
-        past_due_since=timezone.now() - timedelta(minutes=59, seconds=58),
+        past_due_since=timezone.now() - timedelta(minutes=30),
         current_period_end=timezone.now() + timedelta(days=3),
     )
     token = await sync_to_async(mint)(listener)
     communicator, connected, _ = await connect(f"/ws/networks/premium/?token={token}")
     assert connected  # still within the grace period
-    assert await sync_to_async(expire_grace_periods)() == 0
-    await sync_to_async(Subscription.objects.filter(pk=subscription.pk).update)(
-        past_due_since=timezone.now() - timedelta(hours=2)
-    )
-    assert await sync_to_async(expire_grace_periods)() == 1
+    assert await sync_to_async(expire_lapsed_access)() == 0
+    settings.BILLING_PAST_DUE_GRACE_SECONDS = 60  # as if an hour had gone by
+    assert await sync_to_async(expire_lapsed_access)() == 1
     assert await close_code(communicator) == 4403
-    assert await sync_to_async(expire_grace_periods)() == 0  # acted on once
+    assert await sync_to_async(expire_lapsed_access)() == 0  # acted on once
+
+
+async def test_a_period_over_with_no_renewal_closes_connections_after_the_leeway(
+    premium, listener, settings
+):
+    from billing.services import expire_lapsed_access
+
+    settings.BILLING_RENEWAL_LEEWAY_SECONDS = 3600
+    await sync_to_async(Subscription.objects.create)(
+        user=listener,
+        network=premium,
+        status=SubscriptionStatus.ACTIVE,
+        stripe_subscription_id="sub_renewing",
+        current_period_end=timezone.now() - timedelta(minutes=5),
+    )
+    # Just past the period end, the renewal's webhook not in yet: still admitted.
+    token = await sync_to_async(mint)(listener)
+    communicator, connected, _ = await connect(f"/ws/networks/premium/?token={token}")
+    assert connected
+    assert await sync_to_async(expire_lapsed_access)() == 0
+    await publish("premium", {"still": "paid for"})
+    assert json.loads(await communicator.receive_from(timeout=3)) == {"still": "paid for"}
+    settings.BILLING_RENEWAL_LEEWAY_SECONDS = 60  # the leeway is over, no renewal came
+    assert await sync_to_async(expire_lapsed_access)() == 1
+    assert await close_code(communicator) == 4403
 
 
 async def test_connecting_right_after_minting_needs_no_database(premium, listener):

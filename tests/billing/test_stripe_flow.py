@@ -10,7 +10,8 @@ from django.test import Client
 
 from billing.entitlement import mint_entitlement_token
 from billing.models import Price, Subscription
-from billing.services import checkout_start, portal_url, price_set, subscriptions_reconcile
+from billing.services import checkout_start, portal_url, price_set
+from billing.sync import subscriptions_reconcile
 from tests.factories import NetworkFactory, UserFactory
 from tests.stripe_fake import FakeStripeProcess, sign_payload
 
