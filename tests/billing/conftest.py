@@ -1,6 +1,14 @@
+import json
+from urllib.parse import urlsplit
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
+from django.test import Client
+
+from tests.stripe_fake import FakeStripeProcess, sign_payload
+
+WEBHOOK_SECRET = "whsec_billing_tests"
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +28,42 @@ def eager_celery():
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = previous
+
+
+@pytest.fixture(scope="session")
+def fake_stripe():
+    """One local Stripe-compatible server for the billing tests (events delivered by hand)."""
+    with FakeStripeProcess(webhook_secret=WEBHOOK_SECRET, auto_deliver=False) as fake:
+        yield fake
+
+
+@pytest.fixture
+def stripe_on(settings, fake_stripe):
+    """Billing configured against the fake, which starts empty."""
+    fake_stripe.reset()
+    fake_stripe.configure(auto_deliver=False)
+    settings.STRIPE_SECRET_KEY = "sk_test_billing"
+    settings.STRIPE_API_BASE = fake_stripe.api_base
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    settings.STRIPE_NETWORK_RETRIES = 0
+    return fake_stripe
+
+
+def post_event(client: Client, event: dict, secret: str = WEBHOOK_SECRET):
+    """POST one event to our webhook endpoint, signed as Stripe would."""
+    body = json.dumps(event).encode()
+    return client.post(
+        "/billing/webhook/",
+        data=body,
+        content_type="application/json",
+        headers={"Stripe-Signature": sign_payload(body, secret)},
+    )
+
+
+def deliver_all(fake, client: Client, since: int = 0) -> list[int]:
+    """Post the fake's events (from index ``since``) to our webhook endpoint."""
+    return [post_event(client, event).status_code for event in fake.events()[since:]]
+
+
+def session_id_of(checkout_url: str) -> str:
+    return urlsplit(checkout_url).path.rsplit("/", 1)[-1]

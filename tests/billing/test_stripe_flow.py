@@ -13,40 +13,10 @@ from billing.models import Price, Subscription
 from billing.services import checkout_start, portal_url, price_set
 from billing.sync import subscriptions_reconcile
 from tests.factories import NetworkFactory, UserFactory
-from tests.stripe_fake import FakeStripeProcess, sign_payload
+
+from .conftest import deliver_all
 
 pytestmark = pytest.mark.django_db
-SECRET = "whsec_flow"
-
-
-@pytest.fixture(scope="module")
-def fake_stripe():
-    with FakeStripeProcess(webhook_secret=SECRET, auto_deliver=False) as fake:
-        yield fake
-
-
-@pytest.fixture
-def stripe_on(settings, fake_stripe):
-    fake_stripe.reset()
-    settings.STRIPE_SECRET_KEY = "sk_test_flow"
-    settings.STRIPE_API_BASE = fake_stripe.api_base
-    settings.STRIPE_WEBHOOK_SECRET = SECRET
-    return fake_stripe
-
-
-def deliver_all(fake, client: Client, since: int = 0) -> list[int]:
-    """Post the fake's events to our webhook endpoint, signed as Stripe would."""
-    statuses = []
-    for event in fake.events()[since:]:
-        body = json.dumps(event).encode()
-        response = client.post(
-            "/billing/webhook/",
-            data=body,
-            content_type="application/json",
-            headers={"Stripe-Signature": sign_payload(body, SECRET)},
-        )
-        statuses.append(response.status_code)
-    return statuses
 
 
 def test_a_price_change_creates_a_new_stripe_price_and_retires_the_old(stripe_on):
