@@ -5,10 +5,14 @@ Run it with ``python -m tests.stripe_fake --port P --webhook-url URL --webhook-s
 ``stripe`` library at it with ``StripeClient(key, base_addresses={"api": fake.api_base})``.
 
 It implements customers, products, prices, Checkout Sessions (mode=subscription), billing
-portal sessions, subscriptions and the invoices they emit, in the shapes of API version
+portal sessions, subscriptions (with plan changes and prorations) and the invoices they emit,
+the payments behind paid invoices (InvoicePayments, PaymentIntents, Charges, balance
+transactions with Stripe's fee) and refunds, in the shapes of API version
 ``2026-10-28.endive``, plus ``/_test/`` routes that play Stripe's part (pay a checkout,
-fail or renew a payment, end a subscription, replay events). Every state change records an
-event; events are POSTed, signed, to the webhook URL unless auto-delivery is off.
+fail or renew a payment, end a subscription, replay events), inject faults into ``/v1``
+requests, log them, and set the account's API version (older versions get the pre-basil
+shapes in events). Every state change records an event; events are POSTed, signed, to the
+webhook URL unless auto-delivery is off.
 
 It never imports project code.
 """

@@ -146,7 +146,8 @@ class FakeStripeProcess:
     # -- the /_test/ routes ------------------------------------------------------------------
 
     def _request(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        body = urlencode(params or {}).encode("ascii") if method == "POST" else None
+        params = {key: value for key, value in (params or {}).items() if value is not None}
+        body = urlencode(params).encode("ascii") if method == "POST" else None
         if method != "POST" and params:
             path = f"{path}?{urlencode(params)}"
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
@@ -185,9 +186,15 @@ class FakeStripeProcess:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         auto_deliver: bool | None = None,
+        account_api_version: str | None = None,
     ) -> dict[str, Any]:
-        """Change delivery settings of the running server (e.g. once the app's port is known)."""
-        params: dict[str, Any] = {}
+        """Change settings of the running server (e.g. once the app's port is known).
+
+        ``account_api_version`` (e.g. ``"2024-06-20"``) is the version events are rendered in;
+        before ``2025-03-31`` they have the old shapes (see ``versions``). ``reset`` puts it
+        back to the current version; the delivery settings survive a reset.
+        """
+        params: dict[str, Any] = {"account_api_version": account_api_version}
         if webhook_url is not None:
             params["webhook_url"] = webhook_url
         if webhook_secret is not None:
@@ -213,4 +220,36 @@ class FakeStripeProcess:
         return self._request("POST", f"/_test/subscriptions/{quote(subscription_id)}/end")
 
     def reset(self) -> None:
+        """Forget all objects, events, deliveries, faults and logged requests."""
         self._request("POST", "/_test/reset")
+
+    def inject_fault(
+        self,
+        status: int | str,
+        count: int = 1,
+        path_prefix: str | None = None,
+        method: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Fail the next ``count`` matching ``/v1`` requests; the pending faults.
+
+        ``status`` is an HTTP error status (429: rate_limit_error, 402: card_error, 404:
+        resource_missing, 5xx: api_error, ...) or ``"drop"`` to close the connection without
+        an answer. A failed request changes no state.
+        """
+        params = {"status": status, "count": count, "path_prefix": path_prefix, "method": method}
+        return self._request("POST", "/_test/faults", params)
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Pending faults: ``{status, count (left), path_prefix, method}``."""
+        return self._request("GET", "/_test/faults")
+
+    def clear_faults(self) -> None:
+        self._request("DELETE", "/_test/faults")
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        """Every ``/v1`` request so far, oldest first: ``{method, path, idempotency_key,
+        status}`` (``status`` None: dropped by a fault)."""
+        return self._request("GET", "/_test/requests")
+
+    def clear_requests_log(self) -> None:
+        self._request("DELETE", "/_test/requests")

@@ -17,14 +17,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from .control import FaultInjector, RequestLog, parse_fault
 from .forms import FormError, parse_form
-from .state import API_VERSION, ApiError, RequestContext, State, new_id
+from .state import API_VERSION, ApiError, RequestContext, State, money, new_id
+from .versions import VERSION, downgrade, is_legacy
 from .webhooks import WebhookSender
 
 HOST = "127.0.0.1"
 EXPAND = frozenset({"expand"})
-BOOLEAN_PARAMS = frozenset({"active", "cancel_at_period_end", "allow_promotion_codes"})
-INTEGER_PARAMS = frozenset({"unit_amount", "limit"})
+BOOLEAN_PARAMS = frozenset(
+    {"active", "cancel_at_period_end", "allow_promotion_codes", "invoice_now", "prorate"}
+)
+INTEGER_PARAMS = frozenset({"unit_amount", "limit", "amount", "proration_date"})
+PAGE_PARAMS = EXPAND | {"limit", "starting_after", "ending_before"}
 
 CUSTOMER_PARAMS = EXPAND | {"email", "name", "description", "phone", "metadata"}
 PRODUCT_PARAMS = EXPAND | {"name", "description", "active", "metadata"}
@@ -63,16 +68,17 @@ SUBSCRIPTION_UPDATE_PARAMS = EXPAND | {
     "cancellation_details",
     "proration_behavior",
     "description",
+    "items",
+    "payment_behavior",
+    "billing_cycle_anchor",
+    "proration_date",
 }
 SUBSCRIPTION_CANCEL_PARAMS = EXPAND | {"invoice_now", "prorate", "cancellation_details"}
-SUBSCRIPTION_LIST_PARAMS = EXPAND | {
-    "customer",
-    "status",
-    "price",
-    "limit",
-    "starting_after",
-    "ending_before",
-}
+SUBSCRIPTION_LIST_PARAMS = PAGE_PARAMS | {"customer", "status", "price"}
+INVOICE_LIST_PARAMS = PAGE_PARAMS | {"customer", "subscription", "status"}
+INVOICE_PAYMENT_LIST_PARAMS = PAGE_PARAMS | {"invoice"}
+REFUND_PARAMS = EXPAND | {"payment_intent", "charge", "amount", "reason", "metadata"}
+REFUND_LIST_PARAMS = PAGE_PARAMS | {"charge", "payment_intent"}
 
 Params = dict[str, Any]
 
@@ -133,6 +139,8 @@ class FakeStripeServer(ThreadingHTTPServer):
             url=webhook_url, secret=webhook_secret, auto_deliver=auto_deliver
         )
         self.state = State(public_base=self.api_base, on_event=self.sender.event_created)
+        self.faults = FaultInjector()
+        self.request_log = RequestLog()
 
     @property
     def port(self) -> int:
@@ -170,8 +178,15 @@ class Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = split.path.rstrip("/") or "/"
         request_id = new_id("req_", 14)
+        api = path.startswith("/v1/")
+        response: Response | None
         try:
-            if path.startswith("/v1/"):
+            # Faults come before anything else, so that a failed request changes no state.
+            fault = self.server.faults.take(method, path) if api else None
+            if fault is not None:
+                dropped = fault.status is None
+                response = None if dropped else error_response(fault.error(method, path))
+            elif api:
                 response = self._api(method, path, split.query, body, request_id)
             else:
                 response = self._other(method, path, split.query, body)
@@ -185,6 +200,16 @@ class Handler(BaseHTTPRequestHandler):
             response = error_response(
                 ApiError(500, "Internal error in the fake Stripe server.", error_type="api_error")
             )
+        if api:
+            self.server.request_log.record(
+                method,
+                path,
+                self.headers.get("Idempotency-Key"),
+                None if response is None else response.status,
+            )
+        if response is None:  # an injected "drop": close the connection without an answer
+            self.close_connection = True
+            return
         self._send(response, request_id)
 
     def _send(self, response: Response, request_id: str) -> None:
@@ -192,9 +217,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Request-Id", request_id)
-        self.send_header("Stripe-Version", API_VERSION)
         self.send_header("Cache-Control", "no-cache, no-store")
-        for name, value in response.headers.items():
+        for name, value in {"Stripe-Version": API_VERSION, **response.headers}.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -261,6 +285,8 @@ class Handler(BaseHTTPRequestHandler):
         ctx = RequestContext(request_id, idempotency_key)
         state = self.server.state
         with state.lock:
+            # Stripe answers in the request's pinned version, else the account's.
+            version = self.headers.get("Stripe-Version") or state.account_api_version
             if idempotency_key:
                 fingerprint = hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
                 cached = state.idempotency.get(idempotency_key)
@@ -277,7 +303,10 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 result = action(state, ctx, params, *args)
                 result = _expand(state, result, expand)
+                if is_legacy(version):
+                    result = downgrade(result, state)
                 response = json_response(result)
+                response.headers["Stripe-Version"] = version
             except ApiError as error:
                 response = error_response(error)
             if idempotency_key and response.status < 500:
@@ -371,6 +400,11 @@ def _update_product(state: State, ctx: RequestContext, params: Params, product_i
     return state.update_product(product_id, params)
 
 
+@_api_route("DELETE", "/v1/products/{id}")
+def _delete_product(state: State, ctx: RequestContext, params: Params, product_id: str) -> Any:
+    return state.delete_product(product_id)
+
+
 @_api_route("POST", "/v1/prices", PRICE_CREATE_PARAMS)
 def _create_price(state: State, ctx: RequestContext, params: Params) -> Any:
     return state.create_price(params)
@@ -422,7 +456,36 @@ def _cancel_subscription(state: State, ctx: RequestContext, params: Params, sub_
     return state.cancel_subscription(sub_id, ctx, params=params)
 
 
+@_api_route("GET", "/v1/invoices", INVOICE_LIST_PARAMS)
+def _list_invoices(state: State, ctx: RequestContext, params: Params) -> Any:
+    return state.list_invoices(params)
+
+
 _api_route("GET", "/v1/invoices/{id}")(_retrieve("invoice"))
+
+
+@_api_route("GET", "/v1/invoice_payments", INVOICE_PAYMENT_LIST_PARAMS)
+def _list_invoice_payments(state: State, ctx: RequestContext, params: Params) -> Any:
+    return state.list_invoice_payments(params)
+
+
+_api_route("GET", "/v1/invoice_payments/{id}")(_retrieve("invoice_payment"))
+_api_route("GET", "/v1/payment_intents/{id}")(_retrieve("payment_intent"))
+_api_route("GET", "/v1/charges/{id}")(_retrieve("charge"))
+_api_route("GET", "/v1/balance_transactions/{id}")(_retrieve("balance_transaction"))
+
+
+@_api_route("POST", "/v1/refunds", REFUND_PARAMS)
+def _create_refund(state: State, ctx: RequestContext, params: Params) -> Any:
+    return state.create_refund(params, ctx)
+
+
+@_api_route("GET", "/v1/refunds", REFUND_LIST_PARAMS)
+def _list_refunds(state: State, ctx: RequestContext, params: Params) -> Any:
+    return state.list_refunds(params)
+
+
+_api_route("GET", "/v1/refunds/{id}")(_retrieve("refund"))
 
 
 @_api_route("GET", "/v1/events/{id}")
@@ -445,6 +508,34 @@ def _wants_redirect(params: Params) -> bool:
 @_test_route("GET", "/_test/health")
 def _health(server: FakeStripeServer, params: Params) -> Response:
     return json_response({"ok": True, "api_base": server.api_base, "api_version": API_VERSION})
+
+
+@_test_route("POST", "/_test/faults")
+def _add_fault(server: FakeStripeServer, params: Params) -> Response:
+    server.faults.add(parse_fault(params))
+    return json_response(server.faults.pending())
+
+
+@_test_route("GET", "/_test/faults")
+def _faults(server: FakeStripeServer, params: Params) -> Response:
+    return json_response(server.faults.pending())
+
+
+@_test_route("DELETE", "/_test/faults")
+def _clear_faults(server: FakeStripeServer, params: Params) -> Response:
+    server.faults.clear()
+    return json_response([])
+
+
+@_test_route("GET", "/_test/requests")
+def _requests(server: FakeStripeServer, params: Params) -> Response:
+    return json_response(server.request_log.entries())
+
+
+@_test_route("DELETE", "/_test/requests")
+def _clear_requests(server: FakeStripeServer, params: Params) -> Response:
+    server.request_log.clear()
+    return json_response([])
 
 
 @_test_route("POST", "/_test/checkout/{id}/complete")
@@ -513,25 +604,41 @@ def _flush(server: FakeStripeServer, params: Params) -> Response:
 
 @_test_route("POST", "/_test/config")
 def _config(server: FakeStripeServer, params: Params) -> Response:
+    version = params.get("account_api_version")
+    if version is not None and not VERSION.match(version):
+        raise ApiError(
+            400,
+            "account_api_version must look like 2024-06-20 or 2026-10-28.endive.",
+            param="account_api_version",
+        )
     auto = params.get("auto_deliver")
     server.sender.configure(
         url=params.get("webhook_url"),
         secret=params.get("webhook_secret"),
         auto_deliver=None if auto is None else auto in (True, "true", "1"),
     )
-    sender = server.sender
-    return json_response({"webhook_url": sender.url, "auto_deliver": sender.auto_deliver})
+    state, sender = server.state, server.sender
+    with state.lock:
+        if version is not None:
+            state.account_api_version = version
+        return json_response(
+            {
+                "webhook_url": sender.url,
+                "auto_deliver": sender.auto_deliver,
+                "account_api_version": state.account_api_version,
+            }
+        )
 
 
 @_test_route("POST", "/_test/reset")
 def _reset(server: FakeStripeServer, params: Params) -> Response:
+    """Forget every object, event, delivery, fault and logged request; the account's API
+    version goes back to the current one. Webhook URL, secret and auto-delivery stay."""
     server.sender.reset()
     server.state.reset()
+    server.faults.clear()
+    server.request_log.clear()
     return json_response({"ok": True})
-
-
-def _money(amount: int, currency: str) -> str:
-    return f"{amount / 100:.2f} {currency.upper()}"
 
 
 def _date(timestamp: int) -> str:
@@ -550,10 +657,10 @@ def _checkout_page(server: FakeStripeServer, params: Params, cs_id: str) -> Resp
             price = item["price"]
             rows.append(
                 f"<li>{html.escape(item['description'])}: "
-                f"{_money(price['unit_amount'], price['currency'])} per "
+                f"{money(price['unit_amount'], price['currency'])} per "
                 f"{html.escape(price['recurring']['interval'])} x {item['quantity']}</li>"
             )
-        total = _money(session["amount_total"], session["currency"])
+        total = money(session["amount_total"], session["currency"])
         success_url = state.success_url(session)
         cancel_url = session["cancel_url"]
         is_open = session["status"] == "open"
@@ -650,8 +757,11 @@ def _expand_path(state: State, node: Any, parts: list[str], path: str) -> None:
         for item in node["data"]:
             _expand_path(state, item, rest, path)
         return
+    # Includable properties: absent unless expanded, as on Stripe.
     if head == "line_items" and node.get("object") == "checkout.session":
         node["line_items"] = state.checkout_line_items(node["id"])
+    elif head == "payments" and node.get("object") == "invoice":
+        node["payments"] = state.invoice_payments_of(node["id"])
     elif head not in node:
         raise ApiError(400, f"This property cannot be expanded ({head}).", param="expand")
     value = node[head]

@@ -1,8 +1,14 @@
 """The fake's Stripe objects and the state transitions that emit events.
 
-Everything is in memory behind one lock. Objects are stored as plain dicts; subscriptions and
-checkout sessions keep a few private ``_`` keys and are rendered into their API shape on the
-way out, so an embedded price always shows the price's current state, as Stripe does.
+Everything is in memory behind one lock. Objects are stored as plain dicts; subscriptions,
+invoices and checkout sessions keep a few private ``_`` keys and are rendered into their API
+shape on the way out, so an embedded price always shows the price's current state, as Stripe
+does.
+
+Money: every invoice paid with a positive amount gets a PaymentIntent, a Charge, a balance
+transaction (with Stripe's card fee) and an InvoicePayment linking it to the invoice. A
+negative invoice total becomes a credit on the customer's ``balance``, which later invoices
+use up before charging the card (``starting_balance`` / ``ending_balance``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ import string
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+from .versions import downgrade, is_legacy
 
 API_VERSION = "2026-10-28.endive"
 DAY = 86_400
@@ -21,6 +31,19 @@ DAY = 86_400
 INTERVAL_SECONDS = {"day": DAY, "week": 7 * DAY, "month": 30 * DAY, "year": 365 * DAY}
 LIVE_SUBSCRIPTION_STATUSES = ("active", "past_due", "trialing", "unpaid", "incomplete", "paused")
 SUBSCRIPTION_STATUSES = (*LIVE_SUBSCRIPTION_STATUSES, "canceled", "incomplete_expired")
+INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+PRORATION_BEHAVIORS = ("create_prorations", "always_invoice", "none")
+PAYMENT_BEHAVIORS = (
+    "allow_incomplete",
+    "default_incomplete",
+    "error_if_incomplete",
+    "pending_if_incomplete",
+)
+BILLING_CYCLE_ANCHORS = ("now", "unchanged")
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+# Stripe's standard card pricing: 2.9 % (in thousandths) plus 30 cents per successful charge.
+FEE_PER_MILLE = 29
+FEE_FIXED = 30
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -35,6 +58,7 @@ class ApiError(Exception):
         error_type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        decline_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -42,12 +66,15 @@ class ApiError(Exception):
         self.type = error_type
         self.code = code
         self.param = param
+        self.decline_code = decline_code
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"message": self.message, "type": self.type}
         if self.code:
             error["code"] = self.code
             error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+        if self.decline_code:
+            error["decline_code"] = self.decline_code
         if self.param:
             error["param"] = self.param
         return {"error": error}
@@ -85,6 +112,21 @@ class RequestContext:
 AUTOMATIC = RequestContext()
 
 
+@dataclass
+class LineSpec:
+    """One invoice line before its invoice exists: what a subscription item is charged or
+    credited (a negative ``amount``) for which stretch of time."""
+
+    item_id: str
+    price_id: str
+    quantity: int
+    amount: int
+    start: int
+    end: int
+    proration: bool = False
+    description: str | None = None  # None: "<quantity> x <product name>"
+
+
 class State:
     def __init__(
         self, *, public_base: str, on_event: Callable[[dict[str, Any]], None] | None = None
@@ -104,6 +146,13 @@ class State:
             self.portal_sessions: dict[str, dict[str, Any]] = {}
             self.subscriptions: dict[str, dict[str, Any]] = {}
             self.invoices: dict[str, dict[str, Any]] = {}
+            self.invoice_payments: dict[str, dict[str, Any]] = {}
+            self.payment_intents: dict[str, dict[str, Any]] = {}
+            self.charges: dict[str, dict[str, Any]] = {}
+            self.balance_transactions: dict[str, dict[str, Any]] = {}
+            self.refunds: dict[str, dict[str, Any]] = {}
+            # The version events are rendered in (an account setting, see /_test/config).
+            self.account_api_version = API_VERSION
             self.events: list[dict[str, Any]] = []
             self.events_by_id: dict[str, dict[str, Any]] = {}
             self.idempotency: dict[str, tuple[str, int, bytes]] = {}
@@ -121,13 +170,24 @@ class State:
         ctx: RequestContext,
         previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        version = self.account_api_version
+        obj = copy.deepcopy(obj)
+        if is_legacy(version):
+            # Rebuild the old object from the new one and diff the old shapes, so that
+            # previous_attributes name the keys an old-version reader sees change.
+            # (A deep copy: downgrade works in place, and must not see the same dict twice.)
+            if previous is not None:
+                before = downgrade(copy.deepcopy({**obj, **previous}), self)
+            obj = downgrade(obj, self)
+            if previous is not None:
+                previous = self._changes(before, obj)
+        data: dict[str, Any] = {"object": obj}
         if previous is not None:
             data["previous_attributes"] = previous
         event = {
             "id": new_id("evt_"),
             "object": "event",
-            "api_version": API_VERSION,
+            "api_version": version,
             "created": now(),
             "data": data,
             "livemode": False,
@@ -157,6 +217,11 @@ class State:
             ("sub_", self.subscriptions, self.render_subscription),
             ("in_", self.invoices, public),
             ("cs_", self.checkout_sessions, self.render_checkout_session),
+            ("inpay_", self.invoice_payments, public),
+            ("pi_", self.payment_intents, public),
+            ("ch_", self.charges, public),
+            ("txn_", self.balance_transactions, public),
+            ("re_", self.refunds, public),
         ):
             if object_id.startswith(prefix) and object_id in table:
                 return render(table[object_id])
@@ -182,6 +247,21 @@ class State:
 
     def invoice(self, invoice_id: str) -> dict[str, Any]:
         return self._get(self.invoices, "invoice", invoice_id)
+
+    def invoice_payment(self, invoice_payment_id: str) -> dict[str, Any]:
+        return self._get(self.invoice_payments, "invoice_payment", invoice_payment_id)
+
+    def payment_intent(self, payment_intent_id: str, param: str = "id") -> dict[str, Any]:
+        return self._get(self.payment_intents, "payment_intent", payment_intent_id, param)
+
+    def charge(self, charge_id: str, param: str = "id") -> dict[str, Any]:
+        return self._get(self.charges, "charge", charge_id, param)
+
+    def balance_transaction(self, transaction_id: str) -> dict[str, Any]:
+        return self._get(self.balance_transactions, "balance_transaction", transaction_id)
+
+    def refund(self, refund_id: str) -> dict[str, Any]:
+        return self._get(self.refunds, "refund", refund_id)
 
     def checkout_session(self, session_id: str) -> dict[str, Any]:
         return self._get(self.checkout_sessions, "checkout.session", session_id)
@@ -286,6 +366,17 @@ class State:
             product["metadata"] = merge_metadata(product["metadata"], params["metadata"])
         product["updated"] = now()
         return public(product)
+
+    def delete_product(self, product_id: str) -> dict[str, Any]:
+        """Stripe deletes a product only while it has no prices (else: archive it)."""
+        self.product(product_id)
+        if any(price["product"] == product_id for price in self.prices.values()):
+            raise ApiError(
+                400,
+                "This product cannot be deleted because it has one or more user-created prices.",
+            )
+        del self.products[product_id]
+        return {"id": product_id, "object": "product", "deleted": True}
 
     def create_price(self, params: dict[str, Any]) -> dict[str, Any]:
         product_id = params.get("product")
@@ -623,6 +714,9 @@ class State:
                 }
                 for item in line_items
             ],
+            # Prorations of create_prorations updates, billed on the next invoice (as Stripe
+            # sweeps pending invoice items into it).
+            "_pending": [],
             "_seq": self._next_seq(),
         }
         self.subscriptions[subscription_id] = subscription
@@ -697,6 +791,15 @@ class State:
                 400,
                 "A canceled subscription can only update its cancellation_details and metadata.",
             )
+        behavior = choice(params, "proration_behavior", PRORATION_BEHAVIORS, "create_prorations")
+        choice(params, "payment_behavior", PAYMENT_BEHAVIORS, "allow_incomplete")  # all pay
+        anchor = choice(params, "billing_cycle_anchor", BILLING_CYCLE_ANCHORS, "unchanged")
+        # Everything is checked before anything changes: a rejected request changes nothing.
+        changes = self._item_changes(subscription, params["items"]) if "items" in params else []
+        at = self._proration_time(subscription, params.get("proration_date"))
+        invoice = None
+        if changes or anchor == "now":
+            invoice = self._change_plan(subscription, changes, behavior, anchor == "now", at)
         if "cancel_at_period_end" in params:
             self._set_cancel_at_period_end(subscription, params["cancel_at_period_end"])
         if "cancellation_details" in params:
@@ -708,11 +811,186 @@ class State:
             subscription["description"] = params["description"] or None
         if "metadata" in params:
             subscription["metadata"] = merge_metadata(subscription["metadata"], params["metadata"])
+        if subscription["cancel_at_period_end"]:
+            subscription["cancel_at"] = period_end(subscription)  # a plan change moves it
         after = self.render_subscription(subscription)
-        changes = self._changes(before, after)
-        if changes:
-            self._emit("customer.subscription.updated", after, ctx, changes)
+        previous = self._changes(before, after)
+        if previous:
+            self._emit("customer.subscription.updated", after, ctx, previous)
+        if invoice is not None:
+            self._emit("invoice.paid", public(invoice), ctx)
         return after
+
+    def _item_changes(
+        self, subscription: dict[str, Any], items: Any
+    ) -> list[tuple[dict[str, Any], dict[str, Any], int]]:
+        """``items[i][id|price|quantity]`` checked: (stored item, new price, new quantity) of
+        every item that changes. This fake changes existing items only (no adds or deletes)."""
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, "Invalid array", param="items")
+        by_id = {item["id"]: item for item in subscription["_items"]}
+        changes = []
+        for index, entry in enumerate(items):
+            param = f"items[{index}]"
+            if not isinstance(entry, dict):
+                raise ApiError(400, "Invalid object", param=param)
+            for key in entry:
+                if key not in ("id", "price", "quantity"):
+                    raise ApiError(400, f"Received unknown parameter: {param}[{key}]", param=param)
+            if not entry.get("id"):
+                raise ApiError(
+                    400,
+                    "This fake Stripe only changes existing subscription items: "
+                    f"{param}[id] is required.",
+                    code="parameter_missing",
+                    param=f"{param}[id]",
+                )
+            item = by_id.get(entry["id"])
+            if item is None:
+                raise missing("subscription_item", entry["id"], f"{param}[id]")
+            price = self.price(entry.get("price") or item["price"], param=f"{param}[price]")
+            if price["id"] != item["price"]:
+                self._check_plan_price(subscription, price, f"{param}[price]")
+            quantity = as_int(entry.get("quantity", item["quantity"]), f"{param}[quantity]")
+            if quantity < 1:
+                raise ApiError(400, "Invalid positive integer", param=f"{param}[quantity]")
+            if (price["id"], quantity) != (item["price"], item["quantity"]):
+                changes.append((item, price, quantity))
+        return changes
+
+    @staticmethod
+    def _check_plan_price(subscription: dict[str, Any], price: dict[str, Any], param: str) -> None:
+        if not price["active"]:
+            raise ApiError(
+                400,
+                f"The price specified is inactive: '{price['id']}'. "
+                "This field only accepts active prices.",
+                param=param,
+            )
+        if price["recurring"] is None:
+            raise ApiError(
+                400, "The price specified is not recurring: a subscription needs one.", param=param
+            )
+        if price["currency"] != subscription["currency"]:
+            raise ApiError(
+                400,
+                f"The price's currency ({price['currency']}) is not the subscription's "
+                f"({subscription['currency']}).",
+                param=param,
+            )
+
+    @staticmethod
+    def _proration_time(subscription: dict[str, Any], proration_date: Any) -> int:
+        """When prorations are computed from: now, or ``proration_date`` (in the period)."""
+        if proration_date is None:
+            return now()
+        at = as_int(proration_date, "proration_date")
+        start = min(item["current_period_start"] for item in subscription["_items"])
+        if not start <= at <= period_end(subscription):
+            raise ApiError(
+                400,
+                "proration_date must be within the subscription's current period.",
+                param="proration_date",
+            )
+        return at
+
+    def _change_plan(
+        self,
+        subscription: dict[str, Any],
+        changes: list[tuple[dict[str, Any], dict[str, Any], int]],
+        behavior: str,
+        anchor_now: bool,
+        at: int,
+    ) -> dict[str, Any] | None:
+        """Apply item changes; the invoice billed at once, if any (already paid).
+
+        A new interval (or ``billing_cycle_anchor=now``) restarts the period of every item now
+        and bills at once, whatever the proration behavior, as Stripe does: credits for the
+        unused old time (unless ``none``) plus the full new period. Otherwise the period
+        stays; ``always_invoice`` bills the prorations (credit for the old price, debit for
+        the new, over the remaining time) at once, ``create_prorations`` leaves them for the
+        next invoice, ``none`` only changes the price.
+        """
+        new = {item["id"]: (price, quantity) for item, price, quantity in changes}
+        reset = anchor_now or any(
+            period_seconds(price) != period_seconds(self.prices[item["price"]])
+            for item, price, _ in changes
+        )
+        specs: list[LineSpec] = []
+        start = now()
+        for item in subscription["_items"]:
+            if not reset and item["id"] not in new:
+                continue
+            price, quantity = new.get(item["id"], (self.prices[item["price"]], item["quantity"]))
+            if behavior != "none":
+                specs += self._proration_specs(item, price, quantity, at, debit=not reset)
+            item["price"], item["quantity"] = price["id"], quantity
+            if reset:
+                item["current_period_start"] = start
+                item["current_period_end"] = start + period_seconds(price)
+        if reset:
+            subscription["billing_cycle_anchor"] = start
+            specs += self._period_specs(subscription)
+        elif behavior == "create_prorations":
+            subscription["_pending"] += specs
+            return None
+        elif behavior == "none" or not (specs or subscription["_pending"]):
+            return None
+        invoice = self._new_invoice(
+            subscription, billing_reason="subscription_update", paid=True, specs=specs
+        )
+        subscription["latest_invoice"] = invoice["id"]
+        return invoice
+
+    def _proration_specs(
+        self,
+        item: dict[str, Any],
+        price: dict[str, Any],
+        quantity: int,
+        at: int,
+        *,
+        debit: bool,
+    ) -> list[LineSpec]:
+        """The credit for the item's unused time from ``at`` on (at its current price), and
+        with ``debit`` the charge for that time at ``price`` x ``quantity``."""
+        start, end = item["current_period_start"], item["current_period_end"]
+        remaining = end - max(at, start)
+        if remaining <= 0 or end <= start:
+            return []
+        old = self.prices[item["price"]]
+        after = datetime.fromtimestamp(at, tz=UTC).strftime("%d %b %Y")
+        specs = []
+        old_amount = old["unit_amount"] * item["quantity"]
+        if old_amount:
+            specs.append(
+                LineSpec(
+                    item["id"],
+                    old["id"],
+                    item["quantity"],
+                    -prorate(old_amount, remaining, end - start),
+                    at,
+                    end,
+                    proration=True,
+                    description=f"Unused time on {item['quantity']} x "
+                    f"{self.products[old['product']]['name']} after {after}",
+                )
+            )
+        new_amount = price["unit_amount"] * quantity
+        if debit and new_amount:
+            specs.append(
+                LineSpec(
+                    item["id"],
+                    price["id"],
+                    quantity,
+                    prorate(new_amount, remaining, end - start),
+                    at,
+                    end,
+                    proration=True,
+                    description=f"Remaining time on {quantity} x "
+                    f"{self.products[price['product']]['name']} after {after}",
+                )
+            )
+        return specs
 
     def _set_cancel_at_period_end(self, subscription: dict[str, Any], flag: bool) -> None:
         subscription["cancel_at_period_end"] = flag
@@ -755,7 +1033,10 @@ class State:
                 f"This subscription has already been canceled: '{subscription_id}'.",
                 param="id",
             )
+        params = params or {}
         at = now()
+        final = self._final_invoice(subscription, params, at)
+        subscription["_pending"] = []  # not billed above: dropped, as by an immediate cancel
         subscription.update(
             status="canceled",
             cancel_at_period_end=False,
@@ -766,12 +1047,36 @@ class State:
         details = subscription["cancellation_details"]
         details["reason"] = reason
         for key in ("comment", "feedback"):
-            value = ((params or {}).get("cancellation_details") or {}).get(key)
+            value = (params.get("cancellation_details") or {}).get(key)
             if value:
                 details[key] = value
         rendered = self.render_subscription(subscription)
         self._emit("customer.subscription.deleted", rendered, ctx)
+        if final is not None:
+            self._emit("invoice.paid", public(final), ctx)
         return rendered
+
+    def _final_invoice(
+        self, subscription: dict[str, Any], params: dict[str, Any], at: int
+    ) -> dict[str, Any] | None:
+        """``invoice_now``: bill pending prorations now and, with ``prorate``, credit the unused
+        time of the current period. The invoice is paid at once; a negative total becomes a
+        credit on the customer's balance. (``prorate`` alone changes nothing here; Stripe
+        would leave a pending credit for the customer's next invoice.)"""
+        if not params.get("invoice_now"):
+            return None
+        specs: list[LineSpec] = []
+        if params.get("prorate"):
+            for item in subscription["_items"]:
+                price = self.prices[item["price"]]
+                specs += self._proration_specs(item, price, item["quantity"], at, debit=False)
+        if not (specs or subscription["_pending"]):
+            return None
+        invoice = self._new_invoice(
+            subscription, billing_reason="subscription_update", paid=True, specs=specs
+        )
+        subscription["latest_invoice"] = invoice["id"]
+        return invoice
 
     # -- simulated billing (the /_test/ routes) ----------------------------------------------
 
@@ -850,6 +1155,7 @@ class State:
         return latest if latest is not None and latest["status"] == "open" else None
 
     def _mark_paid(self, invoice: dict[str, Any]) -> None:
+        """Paid: the card is charged ``amount_due`` (nothing when a credit covered it all)."""
         paid_at = now()
         invoice.update(
             status="paid",
@@ -860,6 +1166,55 @@ class State:
             next_payment_attempt=None,
         )
         invoice["status_transitions"]["paid_at"] = paid_at
+        if invoice["amount_paid"] > 0:
+            self._collect(invoice, paid_at)
+
+    def _period_specs(
+        self, subscription: dict[str, Any], next_period: bool = False
+    ) -> list[LineSpec]:
+        """A full period of every item: the current one, or the one after it."""
+        specs = []
+        for item in subscription["_items"]:
+            price = self.prices[item["price"]]
+            start, end = item["current_period_start"], item["current_period_end"]
+            if next_period:
+                start, end = end, end + period_seconds(price)
+            amount = price["unit_amount"] * item["quantity"]
+            specs.append(LineSpec(item["id"], price["id"], item["quantity"], amount, start, end))
+        return specs
+
+    def _render_line(self, spec: LineSpec, invoice_id: str, subscription_id: str) -> dict[str, Any]:
+        price = self.prices[spec.price_id]
+        name = self.products[price["product"]]["name"]
+        return {
+            "id": new_id("il_"),
+            "object": "line_item",
+            "amount": spec.amount,
+            "currency": price["currency"],
+            "description": spec.description or f"{spec.quantity} x {name}",
+            "invoice": invoice_id,
+            "livemode": False,
+            "metadata": {},
+            "parent": {
+                "invoice_item_details": None,
+                "subscription_item_details": {
+                    # Prorations are invoice items on Stripe, regular period charges are not.
+                    "invoice_item": new_id("ii_") if spec.proration else None,
+                    "proration": spec.proration,
+                    "proration_details": {"credited_items": None},
+                    "subscription": subscription_id,
+                    "subscription_item": spec.item_id,
+                },
+                "type": "subscription_item_details",
+            },
+            "period": {"end": spec.end, "start": spec.start},
+            "pricing": {
+                "price_details": {"price": price["id"], "product": price["product"]},
+                "type": "price_details",
+                "unit_amount_decimal": str(price["unit_amount"]),
+            },
+            "quantity": spec.quantity,
+        }
 
     def _new_invoice(
         self,
@@ -868,56 +1223,29 @@ class State:
         billing_reason: str,
         paid: bool,
         next_period: bool = False,
+        specs: list[LineSpec] | None = None,
     ) -> dict[str, Any]:
+        """A finalized invoice: ``specs`` (default: a full period) after the pending
+        prorations; the customer's balance is applied (a credit lowers ``amount_due``, a
+        negative total adds to the credit)."""
         created = now()
         invoice_id = new_id("in_")
-        lines = []
-        total = 0
-        for item in subscription["_items"]:
-            price = self.prices[item["price"]]
-            start, end = item["current_period_start"], item["current_period_end"]
-            if next_period:
-                start, end = end, end + period_seconds(price)
-            amount = price["unit_amount"] * item["quantity"]
-            total += amount
-            lines.append(
-                {
-                    "id": new_id("il_"),
-                    "object": "line_item",
-                    "amount": amount,
-                    "currency": price["currency"],
-                    "description": f"{item['quantity']} x "
-                    f"{self.products[price['product']]['name']}",
-                    "invoice": invoice_id,
-                    "livemode": False,
-                    "metadata": {},
-                    "parent": {
-                        "invoice_item_details": None,
-                        "subscription_item_details": {
-                            "invoice_item": None,
-                            "proration": False,
-                            "proration_details": {"credited_items": None},
-                            "subscription": subscription["id"],
-                            "subscription_item": item["id"],
-                        },
-                        "type": "subscription_item_details",
-                    },
-                    "period": {"end": end, "start": start},
-                    "pricing": {
-                        "price_details": {"price": price["id"], "product": price["product"]},
-                        "type": "price_details",
-                        "unit_amount_decimal": str(price["unit_amount"]),
-                    },
-                    "quantity": item["quantity"],
-                }
-            )
+        if specs is None:
+            specs = self._period_specs(subscription, next_period)
+        specs = [*subscription["_pending"], *specs]
+        subscription["_pending"] = []
+        lines = [self._render_line(spec, invoice_id, subscription["id"]) for spec in specs]
+        total = sum(spec.amount for spec in specs)
         customer = self.customers[subscription["customer"]]
+        starting_balance = customer["balance"]
+        due = total + starting_balance
+        customer["balance"] = min(due, 0)
         invoice = {
             "id": invoice_id,
             "object": "invoice",
-            "amount_due": total,
+            "amount_due": max(due, 0),
             "amount_paid": 0,
-            "amount_remaining": total,
+            "amount_remaining": max(due, 0),
             "attempt_count": 0,
             "attempted": False,
             "billing_reason": billing_reason,
@@ -927,6 +1255,7 @@ class State:
             "customer": subscription["customer"],
             "customer_email": customer["email"],
             "customer_name": customer["name"],
+            "ending_balance": customer["balance"],
             "hosted_invoice_url": None,
             "invoice_pdf": None,
             "lines": list_object(lines, f"/v1/invoices/{invoice_id}/lines"),
@@ -944,6 +1273,7 @@ class State:
             },
             "period_end": lines[0]["period"]["start"] if lines else created,
             "period_start": lines[0]["period"]["start"] if lines else created,
+            "starting_balance": starting_balance,
             "status": "open",
             "status_transitions": {
                 "finalized_at": created,
@@ -953,6 +1283,7 @@ class State:
             },
             "subtotal": total,
             "total": total,
+            "_payments": [],  # InvoicePayment ids; ``payments`` is includable (expand) only
             "_seq": self._next_seq(),
         }
         customer["next_invoice_sequence"] += 1
@@ -961,6 +1292,308 @@ class State:
             invoice["attempt_count"] = 1
         self.invoices[invoice_id] = invoice
         return invoice
+
+    def list_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        status = params.get("status")
+        if status is not None and status not in INVOICE_STATUSES:
+            raise ApiError(
+                400,
+                f"Invalid status: must be one of {', '.join(INVOICE_STATUSES)}",
+                param="status",
+            )
+        customer_id, subscription_id = params.get("customer"), params.get("subscription")
+
+        def wanted(invoice: dict[str, Any]) -> bool:
+            subscription = invoice["parent"]["subscription_details"]["subscription"]
+            return (
+                customer_id in (None, invoice["customer"])
+                and subscription_id in (None, subscription)
+                and status in (None, invoice["status"])
+            )
+
+        rows = [invoice for invoice in self.invoices.values() if wanted(invoice)]
+        return paginate(rows, params, "/v1/invoices", public)
+
+    def invoice_payments_of(self, invoice_id: str) -> dict[str, Any]:
+        """The invoice's includable ``payments`` list (``expand[]=payments``)."""
+        invoice = self.invoice(invoice_id)
+        data = [public(self.invoice_payments[pid]) for pid in invoice["_payments"]]
+        return {
+            **list_object(data, f"/v1/invoice_payments?invoice={invoice_id}"),
+            "total_count": len(data),
+        }
+
+    def list_invoice_payments(self, params: dict[str, Any]) -> dict[str, Any]:
+        invoice_id = params.get("invoice")
+        rows = [
+            row for row in self.invoice_payments.values() if invoice_id in (None, row["invoice"])
+        ]
+        return paginate(rows, params, "/v1/invoice_payments", public)
+
+    def invoice_payment_refs(self, invoice_id: str) -> tuple[str | None, str | None]:
+        """(PaymentIntent, Charge) that paid the invoice, for old API versions' invoice
+        ``payment_intent`` and ``charge``; (None, None) if nothing was charged."""
+        invoice = self.invoices.get(invoice_id)
+        for payment_id in invoice["_payments"] if invoice else []:
+            payment = self.invoice_payments[payment_id]
+            if payment["is_default"]:
+                intent_id = payment["payment"]["payment_intent"]
+                return intent_id, self.payment_intents[intent_id]["latest_charge"]
+        return None, None
+
+    # -- payments, charges, balance transactions, refunds -------------------------------------
+
+    def _collect(self, invoice: dict[str, Any], at: int) -> None:
+        """Charge the invoice's ``amount_paid`` to the customer's (always accepted) card."""
+        amount, currency = invoice["amount_paid"], invoice["currency"]
+        customer = self.customers[invoice["customer"]]
+        description = {
+            "subscription_create": "Subscription creation",
+            "subscription_cycle": "Subscription cycle",
+            "subscription_update": "Subscription update",
+        }.get(invoice["billing_reason"], "Invoice payment")
+        charge_id, intent_id = new_id("ch_"), new_id("pi_")
+        payment_method = new_id("pm_")
+        transaction = self._new_balance_transaction(
+            amount, stripe_fee(amount), currency, charge_id, "charge", description, at
+        )
+        self.charges[charge_id] = {
+            "id": charge_id,
+            "object": "charge",
+            "amount": amount,
+            "amount_captured": amount,
+            "amount_refunded": 0,
+            "balance_transaction": transaction["id"],
+            "billing_details": {
+                "address": None,
+                "email": customer["email"],
+                "name": customer["name"],
+                "phone": None,
+            },
+            "calculated_statement_descriptor": "FAKE STRIPE",
+            "captured": True,
+            "created": at,
+            "currency": currency,
+            "customer": customer["id"],
+            "description": description,
+            "disputed": False,
+            "failure_code": None,
+            "failure_message": None,
+            "livemode": False,
+            "metadata": {},
+            "outcome": {
+                "network_status": "approved_by_network",
+                "reason": None,
+                "risk_level": "normal",
+                "seller_message": "Payment complete.",
+                "type": "authorized",
+            },
+            "paid": True,
+            "payment_intent": intent_id,
+            "payment_method": payment_method,
+            "payment_method_details": {
+                "card": {
+                    "brand": "visa",
+                    "country": "US",
+                    "exp_month": 12,
+                    "exp_year": 2034,
+                    "funding": "credit",
+                    "last4": "4242",
+                },
+                "type": "card",
+            },
+            "receipt_url": None,
+            "refunded": False,
+            "status": "succeeded",
+            "_seq": self._next_seq(),
+        }
+        self.payment_intents[intent_id] = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_capturable": 0,
+            "amount_received": amount,
+            "canceled_at": None,
+            "cancellation_reason": None,
+            "capture_method": "automatic_async",
+            "client_secret": f"{intent_id}_secret_{new_id('', 24)}",
+            "confirmation_method": "automatic",
+            "created": at,
+            "currency": currency,
+            "customer": customer["id"],
+            "description": description,
+            "last_payment_error": None,
+            "latest_charge": charge_id,
+            "livemode": False,
+            "metadata": {},
+            "next_action": None,
+            "payment_method": payment_method,
+            "payment_method_types": ["card"],
+            "status": "succeeded",
+            "_seq": self._next_seq(),
+        }
+        payment_id = new_id("inpay_")
+        self.invoice_payments[payment_id] = {
+            "id": payment_id,
+            "object": "invoice_payment",
+            "amount_paid": amount,
+            "amount_requested": amount,
+            "created": at,
+            "currency": currency,
+            "invoice": invoice["id"],
+            "is_default": True,
+            "livemode": False,
+            "payment": {"payment_intent": intent_id, "type": "payment_intent"},
+            "status": "paid",
+            "status_transitions": {"canceled_at": None, "paid_at": at},
+            "_seq": self._next_seq(),
+        }
+        invoice["_payments"].append(payment_id)
+
+    def _new_balance_transaction(
+        self,
+        amount: int,
+        fee: int,
+        currency: str,
+        source: str,
+        kind: str,
+        description: str | None,
+        at: int,
+    ) -> dict[str, Any]:
+        transaction_id = new_id("txn_")
+        fee_details = []
+        if fee:
+            fee_details.append(
+                {
+                    "amount": fee,
+                    "application": None,
+                    "currency": currency,
+                    "description": "Stripe processing fees",
+                    "type": "stripe_fee",
+                }
+            )
+        transaction = {
+            "id": transaction_id,
+            "object": "balance_transaction",
+            "amount": amount,
+            "available_on": at + 2 * DAY,
+            "created": at,
+            "currency": currency,
+            "description": description,
+            "exchange_rate": None,
+            "fee": fee,
+            "fee_details": fee_details,
+            "net": amount - fee,
+            "reporting_category": kind,
+            "source": source,
+            "status": "pending",
+            "type": kind,
+            "_seq": self._next_seq(),
+        }
+        self.balance_transactions[transaction_id] = transaction
+        return transaction
+
+    def create_refund(self, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        """Refund (part of) a charge: a Refund with its own negative balance transaction
+        (Stripe keeps its fee), the charge's ``amount_refunded`` raised, two events."""
+        charge = self._refund_target(params)
+        refundable = charge["amount_captured"] - charge["amount_refunded"]
+        if refundable <= 0:
+            raise ApiError(
+                400,
+                f"Charge {charge['id']} has already been refunded.",
+                code="charge_already_refunded",
+            )
+        amount = as_int(params.get("amount", refundable), "amount")
+        if amount < 1:
+            raise ApiError(400, "Invalid positive integer", param="amount")
+        if amount > refundable:
+            currency = charge["currency"]
+            raise ApiError(
+                400,
+                f"Refund amount ({money(amount, currency)}) is greater than unrefunded amount "
+                f"on charge ({money(refundable, currency)})",
+                code="amount_too_large",
+                param="amount",
+            )
+        reason = params.get("reason") or None
+        if reason is not None and reason not in REFUND_REASONS:
+            raise ApiError(
+                400,
+                f"Invalid reason: must be one of {', '.join(REFUND_REASONS)}",
+                param="reason",
+            )
+        metadata = merge_metadata({}, params.get("metadata"))
+        at = now()
+        refund_id = new_id("re_")
+        transaction = self._new_balance_transaction(
+            -amount, 0, charge["currency"], refund_id, "refund", "REFUND FOR CHARGE", at
+        )
+        refund = {
+            "id": refund_id,
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": transaction["id"],
+            "charge": charge["id"],
+            "created": at,
+            "currency": charge["currency"],
+            "destination_details": {
+                "card": {
+                    "reference": None,
+                    "reference_status": "pending",
+                    "reference_type": "acquirer_reference_number",
+                    "type": "refund",
+                },
+                "type": "card",
+            },
+            "metadata": metadata,
+            "payment_intent": charge["payment_intent"],
+            "reason": reason,
+            "receipt_number": None,
+            "source_transfer_reversal": None,
+            "status": "succeeded",
+            "transfer_reversal": None,
+            "_seq": self._next_seq(),
+        }
+        self.refunds[refund_id] = refund
+        before = public(charge)
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
+        after = public(charge)
+        self._emit("refund.created", public(refund), ctx)
+        self._emit("charge.refunded", after, ctx, self._changes(before, after))
+        return public(refund)
+
+    def _refund_target(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The charge named by ``charge`` or ``payment_intent`` (both must agree if given)."""
+        charge_id, intent_id = params.get("charge"), params.get("payment_intent")
+        if not charge_id and not intent_id:
+            raise ApiError(
+                400,
+                "One of the following params should be provided for this request: "
+                "payment_intent or charge.",
+                code="parameter_missing",
+            )
+        if intent_id:
+            intent = self.payment_intent(intent_id, param="payment_intent")
+            if charge_id and charge_id != intent["latest_charge"]:
+                raise ApiError(
+                    400,
+                    f"The charge '{charge_id}' does not belong to the PaymentIntent '{intent_id}'.",
+                    param="charge",
+                )
+            charge_id = intent["latest_charge"]
+        return self.charge(charge_id, param="charge")
+
+    def list_refunds(self, params: dict[str, Any]) -> dict[str, Any]:
+        charge_id, intent_id = params.get("charge"), params.get("payment_intent")
+        rows = [
+            refund
+            for refund in self.refunds.values()
+            if charge_id in (None, refund["charge"])
+            and intent_id in (None, refund["payment_intent"])
+        ]
+        return paginate(rows, params, "/v1/refunds", public)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -973,6 +1606,30 @@ def period_seconds(price: dict[str, Any]) -> int:
 
 def period_end(subscription: dict[str, Any]) -> int:
     return max(item["current_period_end"] for item in subscription["_items"])
+
+
+def prorate(amount: int, remaining: int, length: int) -> int:
+    """``amount`` x ``remaining`` / ``length`` (amount >= 0), rounded half up, in integers so
+    that tests can compute the same cents."""
+    return (2 * amount * remaining + length) // (2 * length)
+
+
+def stripe_fee(amount: int) -> int:
+    """Stripe's card fee on a charge of ``amount``: 2.9 % rounded half up, plus 30."""
+    return (amount * FEE_PER_MILLE + 500) // 1000 + FEE_FIXED
+
+
+def money(amount: int, currency: str) -> str:
+    """An amount for people (error messages, pages): ``5.00 EUR``."""
+    return f"{amount / 100:.2f} {currency.upper()}"
+
+
+def choice(params: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    """An enum parameter, checked; ``default`` if absent."""
+    value = params.get(key, default)
+    if value not in allowed:
+        raise ApiError(400, f"Invalid {key}: must be one of {', '.join(allowed)}", param=key)
+    return value
 
 
 def plan_of(price: dict[str, Any]) -> dict[str, Any]:
