@@ -358,5 +358,7 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
         # One line per task would drown the console: a simulation ticks every second.
         "celery.app.trace": {"level": "WARNING"},
+        # The stripe library logs every request at INFO; billing logs what matters itself.
+        "stripe": {"level": "WARNING"},
     },
 }

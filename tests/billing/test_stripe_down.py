@@ -80,9 +80,7 @@ def test_the_portal_returns_the_listener_to_their_account_page(stripe_on):
 
 def test_setting_a_price_with_stripe_down_leaves_no_orphan_product(stripe_on):
     provider = MembershipFactory(role=Role.OWNER)
-    network = NetworkFactory(
-        organization=provider.organization, slug="gauges", is_public=False
-    )
+    network = NetworkFactory(organization=provider.organization, slug="gauges", is_public=False)
     stripe_on.inject_fault(503, count=10, path_prefix="/v1/prices")
     browser = Client()
     browser.force_login(provider.user)
