@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import Membership, Role
@@ -39,7 +40,7 @@ from accounts.services import (
     organization_create,
 )
 from billing.models import Price
-from billing.selectors import revenue_by_network
+from billing.selectors import MonthlyTakings, revenue_by_network, takings_by_month
 from billing.services import BillingError, price_set
 from billing.stripe_gateway import BillingNotConfigured, billing_configured
 from networks.models import ApiKey, Network
@@ -155,7 +156,8 @@ def _usage_chart(usage: Usage) -> BarChart:
 
 @org_view()
 def organization_home(request: HttpRequest, membership: Membership) -> HttpResponse:
-    """Networks with 24-hour usage, listeners now, subscribers and revenue; create one."""
+    """Networks with 24-hour usage, listeners now, subscribers, revenue and this month's
+    takings; create one."""
     form = NetworkForm()
     if request.method == "POST":
         if not role_at_least(membership.role, Role.ADMIN):
@@ -170,6 +172,7 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
     usage = usage_window(network_ids=ids, hours=24)
     revenue = revenue_by_network(network_ids=ids)
     listeners = listeners_now(ids)
+    net_month = _net_this_month(takings_by_month(network_ids=ids, months=1))
     rows = [
         {
             "network": network,
@@ -177,19 +180,24 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
             "bytes": usage.of(network.id)["bytes"],
             "listeners": listeners.get(network.id, 0),
             "revenue": revenue[network.id],
+            "net_month": sorted(net_month.get(network.id, {}).items()),
         }
         for network in networks
     ]
     monthly: dict[str, int] = {}
+    takings: dict[str, int] = {}
     for row in rows:
         for currency, cents in row["revenue"].monthly:
             monthly[currency] = monthly.get(currency, 0) + cents
+        for currency, cents in row["net_month"]:
+            takings[currency] = takings.get(currency, 0) + cents
     totals = {
         "networks": sum(1 for n in networks if not n.is_archived),
         "messages": sum(row["messages"] for row in rows),
         "listeners": sum(row["listeners"] for row in rows),
         "subscribers": sum(row["revenue"].subscribers for row in rows),
         "monthly": sorted(monthly.items()),
+        "net_month": sorted(takings.items()),
     }
     subscribers_chart, revenue_chart, currency = _paid_charts(rows, totals["monthly"])
     return _page(
@@ -205,6 +213,18 @@ def organization_home(request: HttpRequest, membership: Membership) -> HttpRespo
         revenue_currency=currency,
         totals=totals,
     )
+
+
+def _net_this_month(takings: list[MonthlyTakings]) -> dict[int, dict[str, int]]:
+    """Network id → currency → net collected in the current calendar month (the selector's
+    ``months`` is counted in 31-day months, so it may also return last month's rows)."""
+    this_month = timezone.localdate().replace(day=1)
+    net: dict[int, dict[str, int]] = {}
+    for row in takings:
+        if row.month == this_month:
+            by_currency = net.setdefault(row.network_id, {})
+            by_currency[row.currency] = by_currency.get(row.currency, 0) + row.net
+    return net
 
 
 PAID_CHART_NETWORKS = 12
@@ -259,6 +279,7 @@ def network_detail(request: HttpRequest, membership: Membership, slug: str) -> H
         totals=usage.of(network.id),
         listeners=listeners_now([network.id]).get(network.id, 0),
         revenue=revenue_by_network(network_ids=[network.id])[network.id],
+        takings=[] if network.is_public else takings_by_month(network_ids=[network.id]),
         prices=Price.objects.filter(network=network, active=True),
         price_form=PriceForm(),
         billing_configured=billing_configured(),
