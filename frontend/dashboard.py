@@ -41,8 +41,8 @@ from accounts.services import (
 )
 from billing.models import Price
 from billing.selectors import MonthlyTakings, revenue_by_network, takings_by_month
-from billing.services import BillingError, price_set
-from billing.stripe_gateway import BillingNotConfigured, billing_configured
+from billing.services import BillingError, price_remove, price_set
+from billing.stripe_gateway import billing_configured
 from networks.models import ApiKey, Network
 from networks.selectors import api_key_get_for_org, api_keys_of, network_get_for_org, networks_of
 from networks.services import (
@@ -301,13 +301,32 @@ def network_price(request: HttpRequest, membership: Membership, slug: str) -> Ht
                 currency=form.cleaned_data["currency"],
             )
             messages.success(request, "Price saved.")
-        except (BillingError, BillingNotConfigured) as error:
+        except BillingError as error:
             messages.error(request, str(error))
     else:
         problems = "; ".join(
             f"{form[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
         )
         messages.error(request, f"The price was not saved. {problems}")
+    return redirect("frontend:network", org=membership.organization.slug, slug=slug)
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def network_price_remove(
+    request: HttpRequest, membership: Membership, slug: str, interval: str
+) -> HttpResponse:
+    """Stop selling one interval: its subscribers keep it until their period ends."""
+    network = network_get_for_org(organization_id=membership.organization_id, slug=slug)
+    try:
+        count = price_remove(network=network, interval=interval)
+        messages.success(
+            request,
+            f"The {interval}ly price is no longer sold; {count} subscriber(s) keep it until "
+            "their paid period ends.",
+        )
+    except BillingError as error:
+        messages.error(request, str(error))
     return redirect("frontend:network", org=membership.organization.slug, slug=slug)
 
 
@@ -320,7 +339,10 @@ def network_archive_toggle(request: HttpRequest, membership: Membership, slug: s
         messages.success(request, f"{slug} restored: it accepts publishes and listeners again.")
     else:
         network_archive(network=network)
-        messages.success(request, f"{slug} archived: publishes get 409, listeners were closed.")
+        paid = "" if network.is_public else " Its subscriptions end now, unused time refunded."
+        messages.success(
+            request, f"{slug} archived: publishes get 409, listeners were closed.{paid}"
+        )
     return redirect("frontend:network", org=membership.organization.slug, slug=slug)
 
 

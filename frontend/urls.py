@@ -25,6 +25,11 @@ urlpatterns = [
         dashboard.network_price,
         name="network-price",
     ),
+    path(
+        "dashboard/<slug:org>/networks/<str:slug>/price/<str:interval>/remove/",
+        dashboard.network_price_remove,
+        name="network-price-remove",
+    ),
     path("dashboard/<slug:org>/keys/", dashboard.keys, name="keys"),
     path("dashboard/<slug:org>/keys/<int:key_id>/revoke/", dashboard.key_revoke, name="key-revoke"),
     path("dashboard/<slug:org>/keys/<int:key_id>/rotate/", dashboard.key_rotate, name="key-rotate"),

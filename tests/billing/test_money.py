@@ -62,11 +62,16 @@ def deliver_new(stripe_on, client, seen: int, callbacks) -> None:
         assert set(deliver_all(stripe_on, client, since=seen)) <= {200}
 
 
-def live_at_stripe(stripe_on, customer_id: str) -> list[dict]:
+def stripe_client(stripe_on):
+    """The real library on the fake, as Stripe's own dashboard would act."""
     import stripe
 
-    stripe_client = stripe.StripeClient("sk_test_x", base_addresses={"api": stripe_on.api_base})
-    page = stripe_client.v1.subscriptions.list(params={"customer": customer_id, "status": "all"})
+    return stripe.StripeClient("sk_test_x", base_addresses={"api": stripe_on.api_base})
+
+
+def live_at_stripe(stripe_on, customer_id: str) -> list[dict]:
+    params = {"customer": customer_id, "status": "all"}
+    page = stripe_client(stripe_on).v1.subscriptions.list(params=params)
     return [s for s in page.data if s.status not in ("canceled", "incomplete_expired")]
 
 
@@ -274,3 +279,40 @@ def test_events_from_an_account_on_an_older_api_version_still_give_the_renewal_d
     assert int(row.current_period_end.timestamp()) == period_end
     assert row.price.amount == 900
     assert Payment.objects.get(user=person).amount_paid == 900
+
+
+def test_a_provider_stops_selling_a_price_from_the_dashboard(shop, buy, stripe_on):
+    provider, network = shop
+    person = UserFactory()
+    buy(person, network, "year")
+    browser = Client()
+    browser.force_login(provider.user)
+    org = provider.organization.slug
+    page = browser.get(f"/dashboard/{org}/networks/premium/").content.decode()
+    assert 'id="stop-selling-year"' in page
+    response = browser.post(f"/dashboard/{org}/networks/premium/price/year/remove/", follow=True)
+    assert "1 subscriber(s) keep it" in response.content.decode()
+    assert Subscription.objects.get(user=person).cancel_at_period_end
+    member = MembershipFactory(organization=provider.organization, role=Role.MEMBER)
+    browser.force_login(member.user)
+    refused = browser.post(f"/dashboard/{org}/networks/premium/price/month/remove/")
+    assert refused.status_code == 403  # members are read-only
+    assert Price.objects.filter(network=network, interval="month", active=True).exists()
+
+
+def test_a_plan_switched_at_stripe_is_mirrored(
+    shop, buy, stripe_on, client, django_capture_on_commit_callbacks
+):
+    _, network = shop
+    person = UserFactory()
+    stripe_subscription = buy(person, network, "month")
+    yearly = Price.objects.get(network=network, interval="year", active=True)
+    seen = len(stripe_on.events())
+    item_id = stripe_subscription["items"]["data"][0]["id"]
+    # A switch made in Stripe's own dashboard: only its webhook tells us.
+    stripe_client(stripe_on).v1.subscriptions.update(
+        stripe_subscription["id"],
+        params={"items": [{"id": item_id, "price": yearly.stripe_price_id}]},
+    )
+    deliver_new(stripe_on, client, seen, django_capture_on_commit_callbacks)
+    assert Subscription.objects.get(user=person).price == yearly

@@ -254,3 +254,25 @@ def test_a_checkout_whose_first_events_race_makes_one_row(
         for event in reversed(stripe_on.events()):
             assert post_event(client, event).status_code == 200
     assert Subscription.objects.filter(user=listener).count() == 1
+
+
+def test_a_subscription_stripe_does_not_know_is_recorded_and_not_retried(
+    subscribed, stripe_on, client, django_capture_on_commit_callbacks
+):
+    event = copy.deepcopy(stripe_on.events("customer.subscription.created")[0])
+    event.update(id="evt_ghost", type="customer.subscription.updated")
+    event["data"]["object"]["id"] = "sub_ghost"  # ours by customer, unknown to Stripe (404)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post_event(client, event).status_code == 200
+    row = WebhookEvent.objects.get(stripe_event_id="evt_ghost")
+    assert row.processed_at is None and "StripeRejected" in row.error
+
+
+def test_reconciliation_retries_while_stripe_is_down(stripe_on, settings):
+    from billing.tasks import reconcile_subscriptions
+
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"
+    with pytest.raises(Retry):
+        reconcile_subscriptions.apply(throw=True)
+    settings.STRIPE_API_BASE = stripe_on.api_base
+    assert reconcile_subscriptions.apply().get() == 0
