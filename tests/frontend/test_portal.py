@@ -227,3 +227,12 @@ def test_the_500_page_renders_without_a_request_context(db):
     assert response.status_code == 500
     page = response.content.decode()
     assert "Something went wrong on our side" in page and 'href="/"' in page
+
+
+def test_a_granted_subscription_says_it_does_not_renew(shelf):
+    listener = UserFactory()
+    subscription_grant(user=listener, network=shelf, days=10)
+    browser = Client()
+    browser.force_login(listener)
+    page = browser.get("/account/").content.decode()
+    assert "granted, no renewal" in page and "renews" not in page
