@@ -53,6 +53,7 @@ paid = Network.objects.get(slug="paid-net")
 paid.name, paid.description = "Harbour tides", "Tide gauges of the harbour, every second."
 paid.save()
 price_set(network=paid, interval="month", amount=900)
+price_set(network=paid, interval="year", amount=9000)
 quiet = Network.objects.get(slug="quiet-net")
 _, secret = api_key_create(
     organization=paid.organization, name="tide gauges", networks=[paid, quiet]

@@ -70,6 +70,14 @@ def test_visitor_signs_up_pays_on_checkout_and_hears_the_paid_network(site, page
     expect(live_message(page, tide)).to_have_count(1)
     screenshot(page, "network-page-paid-live")
 
+    # Subscribed monthly, the page offers a switch to yearly, never a second Checkout.
+    expect(page.locator("#current-plan")).to_contain_text("/ month")
+    page.locator("#switch-year").click()
+    expect(page.locator("main")).to_contain_text("You are now on the yearly plan")
+    expect(page.locator("#current-plan")).to_contain_text("/ year")
+    expect(page.locator("#switch-year")).to_have_count(0)
+    expect(page.locator("#switch-month")).to_have_count(1)
+
     page.goto("/account/")
     expect(page.locator("main")).to_contain_text("Harbour tides")
     form = page.locator("#create-token-form")
