@@ -225,7 +225,9 @@ def duplicates_cancel(*, user: User, network_id: int, customer_id: str | None) -
     if len(live) < 2:
         return []
     paying = [s for s in live if s["status"] in ("active", "trialing", "past_due")] or live
-    keep = min(paying, key=lambda s: (s.get("created") or 0, s["id"]))
+    # Stripe lists newest first, so within one second of ``created`` the later one is older.
+    position = {s["id"]: index for index, s in enumerate(live)}
+    keep = min(paying, key=lambda s: (s.get("created") or 0, -position[s["id"]]))
     cancelled = []
     for duplicate in live:
         if duplicate["id"] == keep["id"]:
