@@ -6,20 +6,22 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
-from rest_framework import generics, serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .models import Invitation, Membership, PersonalToken, Role
 from .selectors import (
+    invitation_get_for_org,
     membership_get,
     membership_require,
     organization_members,
     organizations_of,
 )
 from .services import (
+    InvitationRateLimited,
     invitation_accept,
     invitation_create,
     invitation_revoke,
@@ -30,6 +32,7 @@ from .services import (
     personal_token_create,
     personal_token_revoke,
 )
+from .validators import validate_no_control_characters
 
 # --- Organizations ------------------------------------------------------------------------
 
@@ -38,7 +41,9 @@ class OrganizationSerializer(serializers.Serializer):
     """An organization as its member sees it (with their role)."""
 
     slug = serializers.SlugField(source="organization.slug", read_only=True)
-    name = serializers.CharField(source="organization.name", max_length=200)
+    name = serializers.CharField(
+        source="organization.name", max_length=200, validators=[validate_no_control_characters]
+    )
     role = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(source="organization.created_at", read_only=True)
 
@@ -160,16 +165,29 @@ class InvitationListView(generics.ListAPIView):
         )
         return actor.organization.invitations.all()
 
-    @extend_schema(responses={201: InvitationCreatedSerializer})
+    @extend_schema(
+        responses={
+            201: InvitationCreatedSerializer,
+            429: OpenApiResponse(
+                description="An invitation limit is reached (per person, organization or "
+                "address); see Retry-After"
+            ),
+        }
+    )
     def post(self, request: Request, org: str) -> Response:
         actor = membership_get(user=request.user, organization_slug=org)
         serializer = InvitationSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        invitation, secret = invitation_create(
-            actor=actor,
-            email=serializer.validated_data["email"],
-            role=Role(serializer.validated_data.get("role", Role.MEMBER)),
-        )
+        try:
+            invitation, secret = invitation_create(
+                actor=actor,
+                email=serializer.validated_data["email"],
+                role=Role(serializer.validated_data.get("role", Role.MEMBER)),
+            )
+        except InvitationRateLimited as limited:
+            throttled = exceptions.Throttled(detail=str(limited), code="rate_limited")
+            throttled.wait = limited.retry_after  # the Retry-After header, not in the message
+            raise throttled from None
         accept_url = request.build_absolute_uri(
             reverse("frontend:invitation-accept", kwargs={"token": secret})
         )
@@ -185,7 +203,9 @@ class InvitationDetailView(APIView):
 
     def delete(self, request: Request, org: str, invitation_id: int) -> Response:
         actor = membership_get(user=request.user, organization_slug=org)
-        invitation = actor.organization.invitations.get(pk=invitation_id)
+        invitation = invitation_get_for_org(
+            organization_id=actor.organization_id, invitation_id=invitation_id
+        )
         invitation_revoke(actor=actor, invitation=invitation)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

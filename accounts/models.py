@@ -7,6 +7,8 @@ from django.contrib.auth.models import PermissionsMixin
 from django.db import models
 from django.utils import timezone
 
+from .validators import validate_no_control_characters
+
 
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
@@ -58,7 +60,8 @@ class User(AbstractBaseUser, PermissionsMixin):
 class Organization(models.Model):
     """A tenant: a provider that owns networks and publisher keys."""
 
-    name = models.CharField(max_length=200)
+    # Shown to strangers in invitation emails and the catalogue: one line of visible text.
+    name = models.CharField(max_length=200, validators=[validate_no_control_characters])
     slug = models.SlugField(max_length=60, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(User, through="Membership", related_name="organizations")

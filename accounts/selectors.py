@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from accounts.tokens import PERSONAL_TOKEN, hash_secret
 
-from .models import Membership, Organization, PersonalToken, Role, User
+from .models import Invitation, Membership, Organization, PersonalToken, Role, User
 
 _RANK = {Role.MEMBER: 0, Role.ADMIN: 1, Role.OWNER: 2}
 
@@ -50,6 +50,16 @@ def organizations_of(*, user: User) -> QuerySet[Membership]:
 
 def organization_members(*, organization: Organization) -> QuerySet[Membership]:
     return organization.memberships.select_related("user").order_by("created_at", "id")
+
+
+def invitation_get_for_org(*, organization_id: int, invitation_id: int) -> Invitation:
+    """The organization's invitation ``invitation_id``; NotFound otherwise (also if foreign)."""
+    invitation = Invitation.objects.filter(
+        organization_id=organization_id, pk=invitation_id
+    ).first()
+    if invitation is None:
+        raise NotFound
+    return invitation
 
 
 def personal_token_user(*, raw_token: str) -> User | None:

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -207,23 +208,47 @@ def mint_entitlement_token(*, user: User) -> tuple[str, datetime, list[str]]:
     return f"{TOKEN_PREFIX}{payload}.{_signature(payload)}", expires_at, slugs
 
 
-def read_entitlement_token(token: str) -> EntitlementToken:
-    """Check the signature and expiry (pure CPU); the epoch is checked by the caller."""
-    if not token.startswith(TOKEN_PREFIX) or token.count(".") != 2:
+# A token is the prefix, a base64url payload and a 43-character base64url HMAC-SHA256. None
+# of ours is longer (nor does a server read a request line or header that long).
+_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"([A-Za-z0-9_-]{2,8000})\.([A-Za-z0-9_-]{43})")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _token_int(value: object) -> int:
+    """``value`` if it is a JSON integer as we mint them (no bool, float or string)."""
+    if type(value) is not int or value not in _INT64:
         raise TokenInvalid
-    _, payload, signature = token.split(".")
+    return value
+
+
+def _refuse_constant(name: str) -> float:
+    raise TokenInvalid  # NaN or Infinity: never in a token we signed
+
+
+def read_entitlement_token(token: str) -> EntitlementToken:
+    """Check the shape, signature and expiry (pure CPU); the epoch is checked by the caller.
+
+    The token comes straight from a handshake: anything that is not exactly what we mint
+    raises TokenInvalid (the caller answers 4401), never another exception.
+    """
+    match = _TOKEN_SHAPE.fullmatch(token) if isinstance(token, str) else None
+    if match is None:
+        raise TokenInvalid  # checked first: compare_digest refuses non-ASCII text
+    payload, signature = match.groups()
     if not hmac.compare_digest(_signature(payload), signature):
         raise TokenInvalid
     try:
-        body = json.loads(_unb64(payload))
-        parsed = EntitlementToken(
-            user_id=int(body["u"]),
-            network_ids=frozenset(int(n) for n in body["n"]),
-            epoch=int(body["e"]),
-            expires_at=float(body["x"]),
-        )
-    except (ValueError, KeyError, TypeError):
+        body = json.loads(_unb64(payload), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # bad base64 or UTF-8, not JSON, nested too deep
         raise TokenInvalid from None
+    if not isinstance(body, dict) or not isinstance(body.get("n"), list):
+        raise TokenInvalid
+    parsed = EntitlementToken(
+        user_id=_token_int(body.get("u")),
+        network_ids=frozenset(_token_int(n) for n in body["n"]),
+        epoch=_token_int(body.get("e")),
+        expires_at=float(_token_int(body.get("x"))),
+    )
     if parsed.expires_at <= time.time():
         raise TokenExpired
     return parsed

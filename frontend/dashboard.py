@@ -24,12 +24,14 @@ from accounts.models import Membership, Role
 from accounts.selectors import (
     Forbidden,
     NotFound,
+    invitation_get_for_org,
     membership_get,
     organization_members,
     organizations_of,
     role_at_least,
 )
 from accounts.services import (
+    InvitationRateLimited,
     MembershipError,
     invitation_accept,
     invitation_create,
@@ -413,22 +415,28 @@ def members(request: HttpRequest, membership: Membership) -> HttpResponse:
     """Members and roles; invitations (admins)."""
     organization = membership.organization
     form = InvitationForm()
+    limited: InvitationRateLimited | None = None
     if request.method == "POST":
         form = InvitationForm(request.POST)
         if form.is_valid():
-            invitation, secret = invitation_create(
-                actor=membership,
-                email=form.cleaned_data["email"],
-                role=Role(form.cleaned_data["role"]),
-            )
-            accept_url = request.build_absolute_uri(
-                reverse("frontend:invitation-accept", kwargs={"token": secret})
-            )
-            invitation_send(invitation=invitation, secret=secret, accept_url=accept_url)
-            messages.success(request, f"Invitation sent to {invitation.email}.")
-            return redirect("frontend:members", org=organization.slug)
+            try:
+                invitation, secret = invitation_create(
+                    actor=membership,
+                    email=form.cleaned_data["email"],
+                    role=Role(form.cleaned_data["role"]),
+                )
+            except InvitationRateLimited as error:
+                limited = error
+                form.add_error(None, str(error))
+            else:
+                accept_url = request.build_absolute_uri(
+                    reverse("frontend:invitation-accept", kwargs={"token": secret})
+                )
+                invitation_send(invitation=invitation, secret=secret, accept_url=accept_url)
+                messages.success(request, f"Invitation sent to {invitation.email}.")
+                return redirect("frontend:members", org=organization.slug)
     invitations = organization.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True)
-    return _page(
+    response = _page(
         request,
         membership,
         "members.html",
@@ -439,6 +447,10 @@ def members(request: HttpRequest, membership: Membership) -> HttpResponse:
         form=form,
         roles=Role.choices,
     )
+    if limited is not None:
+        response.status_code = 429
+        response["Retry-After"] = str(limited.retry_after)
+    return response
 
 
 @require_POST
@@ -468,7 +480,9 @@ def member_update(request: HttpRequest, membership: Membership, member_id: int) 
 @require_POST
 @org_view(minimum=Role.ADMIN)
 def invitation_cancel(request: HttpRequest, membership: Membership, invitation_id: int):
-    invitation = membership.organization.invitations.get(pk=invitation_id)
+    invitation = invitation_get_for_org(
+        organization_id=membership.organization_id, invitation_id=invitation_id
+    )
     invitation_revoke(actor=membership, invitation=invitation)
     messages.success(request, f"Invitation to {invitation.email} cancelled.")
     return redirect("frontend:members", org=membership.organization.slug)

@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 
 from accounts.models import Role
+from accounts.validators import validate_no_control_characters
 from billing.models import Interval
 from networks.models import Backpressure, KeyScope, Network
 from networks.selectors import networks_of
@@ -15,7 +16,7 @@ from networks.services import NETWORK_EDITABLE_FIELDS
 
 
 class OrganizationForm(forms.Form):
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(max_length=200, validators=[validate_no_control_characters])
 
 
 _DEFAULTED_FIELDS = (

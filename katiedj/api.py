@@ -74,12 +74,20 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
         "get": {
             "operationId": "v1_networks_messages_history",
             "summary": "Recent messages, oldest first (the history ?since= replays)",
-            "description": "Public networks: anyone. Paid: a publisher key with read_history.",
+            "description": (
+                "Public networks: anyone. Paid and archived networks: the owning organization "
+                "only (its publisher key with read_history, a member's personal token or "
+                "session); anyone else gets 404."
+            ),
             "tags": ["publish"],
             "security": [{"publisherKey": []}, {}],
             "parameters": [
                 slug_parameter,
-                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "since",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                },
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
             ],
             "responses": {
@@ -87,8 +95,16 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                     "description": "Messages after `since`, in the envelope format",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
+                "400": {
+                    "description": "since or limit is not a plain whole number",
+                    "content": {"application/json": {"schema": error}},
+                },
                 "404": {
                     "description": "No such network, or not readable with this key",
+                    "content": {"application/json": {"schema": error}},
+                },
+                "429": {
+                    "description": "Too many refused keys from this address (see Retry-After)",
                     "content": {"application/json": {"schema": error}},
                 },
             },
@@ -134,12 +150,12 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                         "content": {"application/json": {"schema": error}},
                     }
                     for code, text in [
-                        (400, "Not JSON, no data, or data not an object"),
+                        (400, "Not strict JSON or nested too deep, no data, data not an object"),
                         (401, "Missing, invalid, revoked or expired key"),
                         (404, "No such network, or not one this key may publish to"),
                         (409, "The network is archived"),
                         (413, "Body over the size limit"),
-                        (429, "Over the key's rate limit (see Retry-After)"),
+                        (429, "Over the key's rate, or too many refused keys (see Retry-After)"),
                         (503, "Temporarily unavailable (see Retry-After)"),
                     ]
                 },

@@ -6,11 +6,20 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "katiedj.settings")
 
+from django.conf import settings
+
+from katiedj.secret_key import refuse_public_secret_key
+
+# Every server (uvicorn from the Procfile or image, `manage.py serve`, runserver) loads this
+# module: none may sign with the public development key.
+refuse_public_secret_key(settings.SECRET_KEY)
+
 # Build the Django app first: importing consumers needs the app registry ready.
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from katiedj.middleware import RequestBodyDeadline  # noqa: E402
 from networks.ingest import PublishApp, route_publish  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import listener_origin_validator  # noqa: E402
@@ -26,7 +35,9 @@ async def http_application(scope, receive, send):  # type: ignore[no-untyped-def
 
 application = ProtocolTypeRouter(
     {
-        "http": http_application,
+        # A body still arriving after REQUEST_BODY_TIMEOUT_SECONDS gets 408: slow senders
+        # cannot hold connections and request tasks for as long as they like.
+        "http": RequestBodyDeadline(http_application, settings.REQUEST_BODY_TIMEOUT_SECONDS),
         "websocket": listener_origin_validator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -13,6 +13,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from katiedj.secret_key import DEV_SECRET_KEY, read_secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -39,16 +41,29 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 DEBUG = env_bool("DEBUG", True)
 
-# A fixed development key keeps sessions valid across restarts of the embedded mode; it is
-# public (it is in the repository), so production must refuse to run with it.
-DEV_SECRET_KEY = "django-insecure-katiedj-embedded-development-key-do-not-use-in-production"  # noqa: S105
-SECRET_KEY = os.environ.get("SECRET_KEY", "") or DEV_SECRET_KEY
+VAR_DIR = Path(os.environ.get("KATIEDJ_VAR_DIR", BASE_DIR / "var"))
+
+# SECRET_KEY, else (DEBUG only) the key `make run` generated once in var/secret_key, else the
+# public development key: fine for management commands and tests, refused by every server
+# (katiedj.asgi), so nothing a server signs can be forged with it.
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or (
+    (read_secret_key(VAR_DIR) if DEBUG else "") or DEV_SECRET_KEY
+)
 if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PORT = env_int("PORT", 8000)
+# Proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto the server
+# believes: the client's address (/metrics' loopback rule, per-address limits) and https
+# (HSTS, secure cookies) come from them. Empty: believe no one, the peer is the client.
+# Read by uvicorn itself in the Procfile and the image, by `manage.py serve` from here.
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", [])
+# An HTTP request's whole body must arrive within this many seconds of its headers, or the
+# server answers 408 and closes (slow-body clients hold connections; 0: no limit). uvicorn
+# has no header timeout: the proxy's client_header_timeout covers headers.
+REQUEST_BODY_TIMEOUT_SECONDS = float(os.environ.get("REQUEST_BODY_TIMEOUT_SECONDS", "") or 10)
 # Browser origins allowed to open listener WebSockets ("*" for any); empty: ALLOWED_HOSTS.
 WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 # Largest frame a listener may send (they have nothing to say; the server closes with 1009).
@@ -57,8 +72,6 @@ WEBSOCKET_MAX_INBOUND_BYTES = env_int("WEBSOCKET_MAX_INBOUND_BYTES", 4096)
 # within the timeout: dead peers are reaped even when TCP never reports them.
 WEBSOCKET_PING_INTERVAL = float(os.environ.get("WEBSOCKET_PING_INTERVAL", "") or 20)
 WEBSOCKET_PING_TIMEOUT = float(os.environ.get("WEBSOCKET_PING_TIMEOUT", "") or 20)
-
-VAR_DIR = Path(os.environ.get("KATIEDJ_VAR_DIR", BASE_DIR / "var"))
 
 INSTALLED_APPS = [
     "daphne",
@@ -86,6 +99,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every page: scripts from this origin only (no inline script).
+    "katiedj.middleware.ContentSecurityPolicyMiddleware",
     # Serves the admin's and portal's static assets in every mode; no web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -122,13 +137,35 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", "") or f"sqlite:///{VAR_DIR / 'katiedj.sqlite3'}",
-        # Persistent connections, checked before reuse: long-lived ASGI workers would
-        # otherwise open a new PostgreSQL connection for every database call (measured:
-        # 1,000 paid connects 8 s instead of under 2 s).
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        # Not persistent: under ASGI a request may run on a new thread, and a persistent
+        # connection stays with its thread (measured: 64 page loads left one process holding
+        # 31 PostgreSQL connections; a fuzz run exhausted the server's 100). The pool below
+        # keeps reuse cheap instead.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
         conn_health_checks=True,
     )
 }
+# Each process borrows PostgreSQL connections from its own bounded pool (psycopg_pool) and
+# gives them back when Django closes them: at the end of a request, around each database hop
+# of the connect path. Not opening one per call keeps paid connects fast (bench.targets
+# paid, 1,000 connects on a busy 2-core host: 1.5-2.3 s pooled, 2.7 s with a new connection
+# per call, 2.5-3.4 s with the former per-thread connections). Past DATABASE_POOL_MAX_SIZE busy
+# connections a caller waits up to DATABASE_POOL_TIMEOUT seconds. 0 disables the pool
+# (e.g. behind PgBouncer), and then DATABASE_CONN_MAX_AGE may keep connections instead.
+DATABASE_POOL_MIN_SIZE = env_int("DATABASE_POOL_MIN_SIZE", 2)
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 10)
+DATABASE_POOL_TIMEOUT = float(os.environ.get("DATABASE_POOL_TIMEOUT", "") or 10)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE:
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured(
+            "DATABASE_CONN_MAX_AGE needs DATABASE_POOL_MAX_SIZE=0: pooled connections go back "
+            "to the pool, they are not kept per thread."
+        )
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the server read while a management command writes.
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
@@ -154,6 +191,16 @@ ACCOUNT_EMAIL_VERIFICATION = os.environ.get("ACCOUNT_EMAIL_VERIFICATION", "manda
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[KatieDJ] "
+# Header-safe subjects, and accounts' own wording of the password-reset email.
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+# allauth's default ACCOUNT_RATE_LIMITS (failed logins per address and per IP, login posts
+# per IP) also guard /admin/login/, with the same counters as /accounts/login/.
+# Invitations are emails to addresses the inviter picks: at most this many per organization
+# per hour, per invited address per day (whoever invites) and per inviting person per day (0
+# lifts one). Counted in the cache (Redis in production); over a limit: 429 + Retry-After.
+INVITATIONS_PER_ORGANIZATION_PER_HOUR = env_int("INVITATIONS_PER_ORGANIZATION_PER_HOUR", 20)
+INVITATIONS_PER_ADDRESS_PER_DAY = env_int("INVITATIONS_PER_ADDRESS_PER_DAY", 3)
+INVITATIONS_PER_INVITER_PER_DAY = env_int("INVITATIONS_PER_INVITER_PER_DAY", 50)
 
 # Email: printed to the console in the embedded mode; SMTP when EMAIL_HOST is set.
 # EMAIL_BACKEND overrides both (the browser tests use the file backend with EMAIL_FILE_PATH).
@@ -255,6 +302,13 @@ PUBLISH_LOCAL_CACHE_SECONDS = float(os.environ.get("PUBLISH_LOCAL_CACHE_SECONDS"
 # Default per-key publish rate limit (messages per second, bursts of twice that); keys can
 # override it. Answered with 429 and Retry-After.
 PUBLISH_RATE_PER_SECOND = env_int("PUBLISH_RATE_PER_SECOND", 50)
+# Refused API keys (unknown, revoked, expired, mistyped) per client address and window:
+# past the limit the address gets 429 with Retry-After, without a database lookup, until
+# the window (which starts at its first refusal) ends. 0 turns the limit off.
+PUBLISH_KEY_FAILURES_PER_ADDRESS = env_int("PUBLISH_KEY_FAILURES_PER_ADDRESS", 20)
+PUBLISH_KEY_FAILURE_WINDOW_SECONDS = env_int("PUBLISH_KEY_FAILURE_WINDOW_SECONDS", 60)
+# Deepest nesting of arrays and objects accepted in any JSON body (publish and REST API).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 64)
 
 # /metrics (Prometheus): with a token, only its bearer may scrape; without, loopback only.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
@@ -269,6 +323,12 @@ BILLING_PAST_DUE_GRACE_SECONDS = env_int("BILLING_PAST_DUE_GRACE_SECONDS", 3 * 2
 BILLING_RENEWAL_LEEWAY_SECONDS = env_int("BILLING_RENEWAL_LEEWAY_SECONDS", 3 * 3600)
 # Open connections one person may hold to one network (deters token sharing).
 LISTENER_CONNECTIONS_PER_USER = env_int("LISTENER_CONNECTIONS_PER_USER", 5)
+# Open listener connections one client address (IPv6: one /64) may hold across every network
+# and process; 0: no limit. Bounds what one anonymous client can hold (~28 KiB a connection)
+# while leaving room for a NAT'd office or household: many people, each a few tabs and
+# devices, each paid network capped at 5 per person anyway. The address is the ASGI server's
+# (behind a proxy, only as good as its trusted X-Forwarded-For).
+LISTENER_CONNECTIONS_PER_ADDRESS = env_int("LISTENER_CONNECTIONS_PER_ADDRESS", 100)
 
 # Stripe. Without a secret key billing is off: paid networks say so, and demo
 # subscriptions are granted in the admin. STRIPE_API_BASE points tests at a local fake.
@@ -295,7 +355,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Strict JSON (no NaN/Infinity, no lone surrogates, JSON_MAX_DEPTH): a 400, never a 500.
+    "DEFAULT_PARSER_CLASSES": ["katiedj.strict_json.StrictJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "katiedj.api.NewestFirstCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "katiedj.api.exception_handler",
@@ -340,10 +401,17 @@ STORAGES = {
 
 # --- Security in production -------------------------------------------------------------
 
+# Whether a request came over https is the ASGI server's word (the scope's scheme): uvicorn
+# takes X-Forwarded-Proto from FORWARDED_ALLOW_IPS only. No SECURE_PROXY_SSL_HEADER: Django
+# would take that header from any client.
+# HSTS is sent on https responses only; a year once DEBUG is off. Subdomains and preload
+# commit the whole domain to https, so only the operator can turn them on.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Logging ----------------------------------------------------------------------------
@@ -352,7 +420,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Tokens and keys never reach the logs, whoever logs a URL or a header.
+    "filters": {"redact_secrets": {"()": "katiedj.log_redaction.RedactSecrets"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},

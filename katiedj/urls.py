@@ -1,10 +1,17 @@
+from allauth.decorators import rate_limit
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from accounts.forms import AdminLoginForm
 from katiedj.api_urls import urlpatterns as api_urlpatterns
 from streaming import views as streaming_views
+
+# The admin's login is throttled like the site's: allauth's "login" rate per IP on every
+# POST, and its failed-login counters (per address, per IP) through the form.
+admin.site.login_form = AdminLoginForm
+admin.site.login = rate_limit(action="login")(admin.site.login)
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -19,7 +26,8 @@ urlpatterns = [
     path("metrics", streaming_views.metrics, name="metrics"),
     path("api/v1/", include((api_urlpatterns, "api"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file: no inline script (CSP).
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("", include("billing.urls")),
     path("", include("frontend.urls")),
 ]

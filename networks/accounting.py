@@ -28,6 +28,8 @@ from .selectors import NetworkInfo, PublisherKey
 from .sequence import local_allocator
 
 USAGE_TTL_SECONDS = 3 * 24 * 3600
+# Sequence numbers come from Redis INCR (signed 64-bit): none is larger.
+MAX_SEQ = 2**63 - 1
 
 # KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash, history stream,
 #       fan-out channel
@@ -299,6 +301,8 @@ async def ahistory_since(
     messages older than ``max_age_seconds`` count as gone (filtered on read).
     """
     not_before = _not_before(max_age_seconds)
+    # Past MAX_SEQ nothing can follow, and Redis refuses such a stream ID (a 500 otherwise).
+    since = min(since, MAX_SEQ)
     if not settings.REDIS_URL:
         return local_history.since(network_id, since, limit, not_before)
     client = async_redis_client()

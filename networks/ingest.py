@@ -18,20 +18,29 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 import redis
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.http import HttpRequest
+from django.http.cookie import parse_cookie
 
+from accounts.selectors import personal_token_user
+from accounts.tokens import PERSONAL_TOKEN
 from katiedj import metrics
 
-from .accounting import ahistory_since, retry_after_header
+from . import key_failures
+from .accounting import MAX_SEQ, ahistory_since, retry_after_header
+from .lookup_cache import adatabase_call
 from .models import KeyScope
-from .selectors import anetwork_get_by_slug, apublisher_key_get
+from .selectors import NetworkInfo, anetwork_get_by_slug, apublisher_key_get, is_member
 from .services import (
     PayloadTooLarge,
     PublishError,
-    RateLimitedError,
+    TooManyFailedKeysError,
     envelope_text,
     publish_request,
 )
@@ -78,6 +87,12 @@ def _rest_key(scope: Scope) -> str | None:
     return _header(scope, b"api-key")
 
 
+def client_address(scope: Scope) -> str | None:
+    """The caller's address, which refused keys are counted against (None: not counted)."""
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 def _content_length(scope: Scope) -> int | None:
     try:
         return int(_header(scope, b"content-length") or "")
@@ -103,6 +118,80 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+_BAD_PAGE = {
+    "error": "since and limit must be whole numbers: since from 0 to 9223372036854775807, "
+    "limit up to 1000",
+    "code": "invalid",
+}
+
+
+def _history_page(scope: Scope) -> tuple[int, int] | None:
+    """(since, limit) from the query string, or None when either is not a plain number."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    since, limit = query.get("since", ["0"])[0], query.get("limit", ["100"])[0]
+    # ASCII digits only: int() would also take " 5", "+5", "1_0" and other scripts' digits.
+    if not (_WHOLE_NUMBER.fullmatch(since) and _WHOLE_NUMBER.fullmatch(limit)):
+        return None
+    if int(since) > MAX_SEQ:
+        return None
+    return int(since), min(1000, max(1, int(limit)))
+
+
+async def _reads_private_history(scope: Scope, network: NetworkInfo) -> bool:
+    """Whether the caller belongs to ``network``'s organization: a key of its with the
+    ``read_history`` scope for this network, or a member's personal token or session.
+
+    Refused credentials count against the caller's address (TooManyFailedKeys past it).
+    """
+    client = client_address(scope)
+    raw = _rest_key(scope)
+    if raw and not PERSONAL_TOKEN.claims(raw):
+        publisher = await apublisher_key_get(raw_key=raw, client=client)
+        if publisher is None:
+            await key_failures.arecord_failure(client)
+            return False
+        return (
+            KeyScope.READ_HISTORY in publisher.scopes
+            and network.organization_id == publisher.organization_id
+            and network.id in publisher.network_ids
+        )
+    session_key = None if raw else _session_key(scope)
+    if not (raw or session_key):
+        return False
+    key_failures.raise_if_blocked_here(client)
+    member = await adatabase_call(
+        _person_is_member, raw, session_key, client, network.organization_id
+    )
+    if member is None:
+        await key_failures.arecord_failure(client)
+    return bool(member)
+
+
+def _session_key(scope: Scope) -> str | None:
+    cookies = parse_cookie(_header(scope, b"cookie") or "")
+    return cookies.get(settings.SESSION_COOKIE_NAME) or None
+
+
+def _person_is_member(
+    token: str | None, session_key: str | None, client: str | None, organization_id: int
+) -> bool | None:
+    """Whether the person behind ``token`` or ``session_key`` is a member of the organization;
+    None when neither names an active person. Database queries: the caller's hop."""
+    key_failures.check_before_lookup(client)
+    if token:
+        user = personal_token_user(raw_token=token)
+        user_id = user.pk if user is not None else None
+    else:
+        request = HttpRequest()
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+        user = get_user(request)  # checks the session's password hash, like the middleware
+        user_id = user.pk if user.is_authenticated else None
+    if user_id is None:
+        return None
+    return is_member(user_id=user_id, organization_id=organization_id)
 
 
 class PublishApp:
@@ -151,6 +240,7 @@ class PublishApp:
                 read_body=read_body,
                 content_length=_content_length(scope),
                 network_slug=route.slug,
+                client=client_address(scope),
             )
         except PublishError as error:
             return await self._send_error(send, route, error)
@@ -174,33 +264,29 @@ class PublishApp:
     async def _history(scope: Scope, send: Any, route: PublishRoute) -> None:
         """``GET …/messages?since=&limit=``: recent messages, oldest first.
 
-        Public networks: anyone. Paid networks: a publisher key with the ``read_history``
-        scope (listeners resume over the WebSocket with ``?since=``).
+        Public networks: anyone. Paid and archived networks: the owning organization only
+        (``_reads_private_history``); anyone else gets the 404 of a missing network.
         """
         network = await anetwork_get_by_slug(slug=route.slug or "")
-        if network is not None and not network.is_public:
-            raw_key = _rest_key(scope)
-            publisher = await apublisher_key_get(raw_key=raw_key) if raw_key else None
-            allowed = (
-                publisher is not None
-                and KeyScope.READ_HISTORY in publisher.scopes
-                and network.organization_id == publisher.organization_id
-                and network.id in publisher.network_ids
-            )
-            if not allowed:
-                network = None  # indistinguishable from a network that does not exist
+        if network is not None and (network.archived or not network.is_public):
+            try:
+                if not await _reads_private_history(scope, network):
+                    network = None  # indistinguishable from a network that does not exist
+            except key_failures.TooManyFailedKeys as blocked:
+                error = TooManyFailedKeysError(blocked.retry_after)
+                retry_after = retry_after_header(blocked.retry_after).encode()
+                body = {"error": error.message, "code": error.code}
+                await _send_json(send, error.status, body, [(b"retry-after", retry_after)])
+                return
         if network is None:
             body = {"error": "Network not found", "code": "network_not_found"}
             await _send_json(send, 404, body)
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        try:
-            since = max(0, int(query.get("since", ["0"])[0]))
-            limit = min(1000, max(1, int(query.get("limit", ["100"])[0])))
-        except ValueError:
-            body = {"error": "since and limit must be integers", "code": "invalid"}
-            await _send_json(send, 400, body)
+        page = _history_page(scope)
+        if page is None:
+            await _send_json(send, 400, _BAD_PAGE)
             return
+        since, limit = page
         entries, oldest = await ahistory_since(
             network_id=network.id,
             since=since,
@@ -232,10 +318,11 @@ class PublishApp:
     @staticmethod
     async def _send_error(send: Any, route: PublishRoute, error: PublishError) -> int:
         headers: list[tuple[bytes, bytes]] = []
-        if isinstance(error, RateLimitedError):
+        if error.retry_after is not None:
             headers.append((b"retry-after", retry_after_header(error.retry_after).encode()))
         if not route.rest:
-            await _send_json(send, error.status, {"error": error.message}, headers)
+            text = error.legacy_message or error.message
+            await _send_json(send, error.status, {"error": text}, headers)
             return error.status
         status, payload = error.status, {"error": error.message, "code": error.code}
         if error.code in ("api_key_missing", "api_key_invalid"):

@@ -46,6 +46,18 @@ def _local_get(key: str) -> tuple[bool, Any]:
     return True, entry[1]
 
 
+def local_get(key: str) -> tuple[bool, Any]:
+    """(True, value) when this process's memory holds ``key``; no I/O."""
+    return _local_get(key)
+
+
+def local_put(key: str, value: Any, seconds: float) -> None:
+    """Keep ``value`` in this process's memory for ``seconds`` (``forget``/``clear`` drop it)."""
+    if len(_local) >= _LOCAL_MAX_ENTRIES:
+        _local.clear()
+    _local[key] = (time.monotonic() + seconds, value)
+
+
 def cached_lookup(key: str, load: Callable[[], Any], *, local: bool = True) -> Any:
     """The value under ``key`` (None for "does not exist"), loading it on a miss of both tiers.
 

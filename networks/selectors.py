@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
+from accounts.models import Membership
 from accounts.tokens import PUBLISHER_KEY, hash_secret
 
-from .lookup_cache import acached_lookup, cached_lookup
+from . import key_failures
+from .lookup_cache import acached_lookup, cached_lookup, local_get
 from .models import ApiKey, KeyScope, Network
 
 
@@ -116,12 +118,32 @@ def publisher_key_get(*, raw_key: str) -> PublisherKey | None:
     return None if key is None or key.is_expired() else key
 
 
-async def apublisher_key_get(*, raw_key: str) -> PublisherKey | None:
-    """``publisher_key_get`` for async code; no I/O when this process has the answer."""
-    if PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key):
-        return None  # a typo or a forgery: no lookup
+async def apublisher_key_get(*, raw_key: str, client: str | None = None) -> PublisherKey | None:
+    """``publisher_key_get`` for async code; no I/O when this process has the answer.
+
+    ``client``, the caller's address, makes a lookup raise TooManyFailedKeys instead once
+    the address is past its limit of refused keys (a key recently seen valid still answers).
+    The caller counts a None answer with ``key_failures.arecord_failure``.
+    """
     hashed = hash_secret(raw_key)
-    key = await acached_lookup(api_key_cache_key(hashed), lambda: _load_publisher_key(hashed))
+    cache_key = api_key_cache_key(hashed)
+    hit, key = local_get(cache_key)
+    if not (hit and key is not None):
+        # A key in use is looked up whatever its address's refusals: no NAT neighbour of a
+        # misconfigured generator is stopped.
+        guarded = None if key_failures.recently_valid(hashed) else client
+        key_failures.raise_if_blocked_here(guarded)
+        if hit or (PUBLISHER_KEY.claims(raw_key) and not PUBLISHER_KEY.is_valid(raw_key)):
+            return None  # refused a moment ago, or a typo or a forgery: no lookup
+
+        def load() -> PublisherKey | None:
+            key_failures.check_before_lookup(guarded)
+            return _load_publisher_key(hashed)
+
+        key = await acached_lookup(cache_key, load)
+        if key is not None:
+            # Refreshed about once a process-tier lifetime, not on every publish.
+            key_failures.seen_valid(hashed)
     return None if key is None or key.is_expired() else key
 
 
@@ -136,6 +158,11 @@ async def anetwork_get_by_slug(*, slug: str) -> NetworkInfo | None:
 
 
 # --- Tenant-checked reads for the management API and dashboard ---------------------------
+
+
+def is_member(*, user_id: int, organization_id: int) -> bool:
+    """Whether the person belongs to the organization (any role)."""
+    return Membership.objects.filter(user_id=user_id, organization_id=organization_id).exists()
 
 
 def networks_of(*, organization_id: int) -> QuerySet[Network]:

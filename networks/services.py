@@ -16,7 +16,9 @@ from django.utils import timezone
 
 from accounts.models import Organization, User
 from accounts.tokens import PUBLISHER_KEY, hash_secret
+from katiedj import strict_json
 
+from . import key_failures
 from .accounting import RateLimited, aadmit_publish, admit_publish
 from .models import ApiKey, KeyScope, Network
 from .selectors import NetworkInfo, PublisherKey, anetwork_get_by_slug, apublisher_key_get
@@ -179,36 +181,95 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 
 
 class PublishError(Exception):
-    """A rejected publish. ``code`` is stable for clients; ``message`` is the original text."""
+    """A rejected publish: ``code`` is stable for clients, ``message`` the original text.
 
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+    One subclass per kind, and a new instance per rejection: an instance raised again and
+    again chains every raise's frames (request bodies included) onto its one
+    ``__traceback__`` and keeps them alive for the life of the process.
+    """
+
+    code = "invalid"
+    message = ""
+    status = 400
+    # The original contract's text when it differs from ``message``.
+    legacy_message: str | None = None
+    retry_after: float | None = None  # seconds; sent as Retry-After
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
 
 
 # The original Katie DJ error strings, kept byte for byte.
-ERR_KEY_MISSING = PublishError("api_key_missing", "API-KEY missing in headers", 400)
-ERR_KEY_INVALID = PublishError("api_key_invalid", "API-KEY not valid", 400)
-ERR_NOT_JSON = PublishError("invalid_json", "POST data is not JSON", 400)
-ERR_NETWORK_MISSING = PublishError("network_missing", "*network* key missing", 400)
-ERR_FORBIDDEN = PublishError("network_forbidden", "You cannot broadcast to this channel", 403)
-ERR_ARCHIVED = PublishError("network_archived", "This network is archived", 409)
-ERR_DATA_MISSING = PublishError("data_missing", "*data* key missing", 400)
-ERR_DATA_NOT_OBJECT = PublishError("data_not_object", "Can only broadcast json data", 400)
+class ApiKeyMissing(PublishError):
+    code, message = "api_key_missing", "API-KEY missing in headers"
+
+
+class ApiKeyInvalid(PublishError):
+    code, message = "api_key_invalid", "API-KEY not valid"
+
+
+class NotJSON(PublishError):
+    code, message = "invalid_json", "POST data is not JSON"
+
+
+class JSONTooDeep(NotJSON):
+    code, legacy_message = "json_too_deep", NotJSON.message
+
+    def __init__(self, max_depth: int) -> None:
+        super().__init__(f"JSON nested deeper than {max_depth} levels")
+
+
+class NetworkMissing(PublishError):
+    code, message = "network_missing", "*network* key missing"
+
+
+class NetworkForbidden(PublishError):
+    code, message, status = "network_forbidden", "You cannot broadcast to this channel", 403
+
+
+class NetworkArchived(PublishError):
+    code, message, status = "network_archived", "This network is archived", 409
+
+
+class DataMissing(PublishError):
+    code, message = "data_missing", "*data* key missing"
+
+
+class DataNotObject(PublishError):
+    code, message = "data_not_object", "Can only broadcast json data"
+
+
+class PayloadTooLargeError(PublishError):
+    code, status = "payload_too_large", 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Payload too large: the limit is {limit} bytes")
 
 
 class RateLimitedError(PublishError):
+    code, message, status = (
+        "rate_limited",
+        "Too many messages: slow down and retry after a moment",
+        429,
+    )
+
     def __init__(self, retry_after: float) -> None:
-        super().__init__(
-            "rate_limited", "Too many messages: slow down and retry after a moment", 429
-        )
+        super().__init__()
         self.retry_after = retry_after
 
 
-def _payload_too_large(limit: int) -> PublishError:
-    return PublishError("payload_too_large", f"Payload too large: the limit is {limit} bytes", 413)
+class TooManyFailedKeysError(PublishError):
+    code, message, status = (
+        "too_many_failed_keys",
+        "Too many invalid API keys from this address: retry later",
+        429,
+    )
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +283,6 @@ class PublishedMessage:
         return {"message": "OK", "network": self.network, "seq": self.seq, "ts": self.ts}
 
 
-def _reject_constant(name: str) -> None:
-    # NaN and Infinity are not JSON; browsers' JSON.parse would choke on the frame.
-    raise ValueError(name)
-
-
 class PayloadTooLarge(Exception):
     """Raised by a body reader that stopped reading at ``PUBLISH_MAX_BYTES``."""
 
@@ -237,48 +293,56 @@ async def publish_request(
     read_body: Callable[[int], Awaitable[bytes]],
     content_length: int | None = None,
     network_slug: str | None = None,
+    client: str | None = None,
 ) -> PublishedMessage:
     """Check and publish one HTTP publish request, in the original contract's order of checks.
 
     ``read_body(limit)`` is awaited only once the key is valid and the declared length fits;
     it raises PayloadTooLarge past ``limit`` bytes. ``network_slug`` comes from the URL on the
-    REST path, else from the body's ``network``. Raises PublishError; a rejected publish
+    REST path, else from the body's ``network``. ``client`` is the caller's address: its
+    refused keys are counted (``key_failures``). Raises PublishError; a rejected publish
     reaches no listener. No database query and no thread hop once the caches are warm.
     """
     if not raw_key:
-        raise ERR_KEY_MISSING
-    publisher = await apublisher_key_get(raw_key=raw_key)
-    if publisher is None:
-        raise ERR_KEY_INVALID
+        raise ApiKeyMissing()
+    try:
+        publisher = await apublisher_key_get(raw_key=raw_key, client=client)
+        if publisher is None:
+            await key_failures.arecord_failure(client)
+            raise ApiKeyInvalid()
+    except key_failures.TooManyFailedKeys as blocked:
+        raise TooManyFailedKeysError(blocked.retry_after) from None
     limit = settings.PUBLISH_MAX_BYTES
     if content_length is not None and content_length > limit:
-        raise _payload_too_large(limit)
+        raise PayloadTooLargeError(limit)
     try:
         body = await read_body(limit)
     except PayloadTooLarge:
-        raise _payload_too_large(limit) from None
+        raise PayloadTooLargeError(limit) from None
     try:
-        payload = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ERR_NOT_JSON from None
+        payload = strict_json.loads(body)
+    except strict_json.JSONTooDeep as too_deep:
+        raise JSONTooDeep(too_deep.max_depth) from None
+    except strict_json.InvalidJSON:
+        raise NotJSON() from None
     if not isinstance(payload, dict):
-        raise ERR_NOT_JSON
+        raise NotJSON()
     if network_slug is None:
         if "network" not in payload:
-            raise ERR_NETWORK_MISSING
+            raise NetworkMissing()
         network_slug = payload["network"]
     network = None
     if isinstance(network_slug, str):
         network = await anetwork_get_by_slug(slug=network_slug)
     # The same answer whether the network exists or belongs to someone else: no enumeration.
     if network is None or not publisher.may_publish_to(network):
-        raise ERR_FORBIDDEN
+        raise NetworkForbidden()
     if network.archived:
-        raise ERR_ARCHIVED
+        raise NetworkArchived()
     if network.max_message_bytes is not None and len(body) > network.max_message_bytes:
-        raise _payload_too_large(network.max_message_bytes)
+        raise PayloadTooLargeError(network.max_message_bytes)
     if "data" not in payload:
-        raise ERR_DATA_MISSING
+        raise DataMissing()
     return await amessage_publish(
         network=network, data=payload["data"], publisher=publisher, nbytes=len(body)
     )
@@ -286,8 +350,10 @@ async def publish_request(
 
 def _serialize_data(data: Any) -> str:
     if not isinstance(data, dict):
-        raise ERR_DATA_NOT_OBJECT
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        raise DataNotObject()
+    # allow_nan=False: a sync caller's NaN or inf raises here rather than reach a listener
+    # as Infinity, which is not JSON (the publish endpoints refuse them on input already).
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _server_timestamp() -> str:

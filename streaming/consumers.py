@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
+from collections.abc import Coroutine
 from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,19 +30,40 @@ from networks.lookup_cache import adatabase_call
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
 
-from .connection_limits import connection_admit, connection_release
+from .connection_limits import (
+    address_admit,
+    address_release,
+    connection_admit,
+    connection_release,
+)
 from .fanout import Outbox, gap_event, hub, text_event
 
 logger = logging.getLogger(__name__)
 
 # Documented close codes (docs/protocol.md).
 CLOSE_POLICY_VIOLATION = 1008  # the listener talked too much
+CLOSE_BAD_REQUEST = 4400  # the handshake asks for what cannot be (a ?since= that is no seq)
 CLOSE_UNAUTHENTICATED = 4401  # paid network: no token, or not one of ours
 CLOSE_NOT_ENTITLED = 4403  # the token's owner may not hear this network (any more)
 CLOSE_TOKEN_EXPIRED = 4408  # expired or voided token: get a fresh one and reconnect
 CLOSE_NETWORK_ARCHIVED = 4410  # the provider archived the network
 CLOSE_TOO_SLOW = 4413  # fell behind under the network's "disconnect" backpressure policy
-CLOSE_TOO_MANY_CONNECTIONS = 4429  # this person already holds the allowed connections
+CLOSE_TOO_MANY_CONNECTIONS = 4429  # this person, or this address, holds all it may
+
+# A refusal's close frame says why in its reason (4429 has two).
+BAD_SINCE = "bad request: since must be a sequence number"
+TOO_MANY_FROM_ADDRESS = "too many connections from this address"
+REFUSAL_REASONS = {
+    CLOSE_UNAUTHENTICATED: "entitlement token missing or invalid",
+    CLOSE_NOT_ENTITLED: "not entitled to this network",
+    CLOSE_TOKEN_EXPIRED: "entitlement token expired or voided: get a fresh one",
+    CLOSE_TOO_MANY_CONNECTIONS: "too many connections of this person to this network",
+}
+
+# ?since= is a sequence number: an int64 (Redis INCR) in ASCII digits. Not str.isdigit(),
+# which takes "²" and other digits int() refuses; nor unbounded (int() refuses over 4,300).
+_SINCE = re.compile(r"[0-9]{1,19}")
+SINCE_MAX = 2**63 - 1
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
@@ -53,11 +76,13 @@ SUBPROTOCOL = "katiedj"
 class NetworkListenerConsumer(AsyncWebsocketConsumer):
     """One listener of one network.
 
-    Unknown or archived network: the handshake is refused (HTTP 403). Paid network: the
-    entitlement token is checked before the listener joins; a failure is a 44xx close.
+    Unknown or archived network: the handshake is refused (HTTP 403). A bad ``?since=``, an
+    address over its connection limit, or (paid network) a missing or insufficient
+    entitlement token: accepted, then a 44xx close, before the listener joins anything.
     Messages do not pass through this consumer: once admitted, its :class:`Outbox` joins the
     process's fan-out hub, which also relays the rare ``group_send`` events (archiving,
-    revocation) sent to the network's group and the person's group.
+    revocation) sent to the network's group and the person's group. However the connection
+    ends, :meth:`_release` takes it out of the hub and frees its connection slots.
     """
 
     # No channel of its own (documented: no layer under this alias means none): the hub is
@@ -67,6 +92,20 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
     network: NetworkInfo | None = None
     user_id: int | None = None
     outbox: Outbox | None = None
+    # Held until _release: the person's slot (user id, network id) and the address's slot.
+    _person_slot: tuple[int, int] | None = None
+    _address_slot: str | None = None
+    _close_sent = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve the connection; however it ends (a disconnect, an exception in any handler,
+        a cancelled task), release what it holds."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._holds_anything():  # after a plain disconnect, released already
+                # Shielded: a second cancellation must not stop the release half-way.
+                await asyncio.shield(self._release())
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
@@ -77,12 +116,18 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         self._inbound: list[float] = []
         self.connection_id = uuid.uuid4().hex
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", []) else None
+        try:
+            since = self._since()
+        except ValueError:
+            await self._refuse(subprotocol, CLOSE_BAD_REQUEST, BAD_SINCE)
+            return
+        if not await self._admit_address():
+            await self._refuse(subprotocol, CLOSE_TOO_MANY_CONNECTIONS, TOO_MANY_FROM_ADDRESS)
+            return
         if not network.is_public:
             refusal = await self._authorize(network)
             if refusal is not None:
-                # Accept first so the client can read the reason in the close code.
-                await self.accept(subprotocol)
-                await self.close(code=refusal)
+                await self._refuse(subprotocol, refusal, REFUSAL_REASONS[refusal])
                 return
         self.network = network
         self.outbox = Outbox(
@@ -100,9 +145,33 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         groups = [user_group(self.user_id)] if self.user_id is not None else []
         await hub.join(network, self.outbox, groups=groups)
         await self.accept(subprotocol)
-        since = self.query.get("since", [""])[0]
-        replayed = await self._replay(network, int(since)) if since.isdigit() else None
+        replayed = await self._replay(network, since) if since is not None else None
         self.outbox.end_replay(last_replayed=replayed)
+
+    def _since(self) -> int | None:
+        """The ``?since=`` sequence number, None without one; ValueError if it is not one."""
+        raw = self.query.get("since")
+        if not raw:
+            return None
+        if _SINCE.fullmatch(raw[0]) is None or int(raw[0]) > SINCE_MAX:
+            raise ValueError(BAD_SINCE)
+        return int(raw[0])
+
+    async def _refuse(self, subprotocol: str | None, code: int, reason: str) -> None:
+        # Accept first so the client can read the reason in the close code.
+        await self.accept(subprotocol)
+        await self.close(code=code, reason=reason)
+        await self._release()  # now: the client may take its time to answer the close
+
+    async def _admit_address(self) -> bool:
+        """Take a slot of the client's address; False when the address holds them all."""
+        client = self.scope.get("client")
+        if not client or not client[0]:
+            return True  # no address (a Unix socket, no proxy header): nothing to count by
+        if not await address_admit(address=client[0], connection=self.connection_id):
+            return False
+        self._address_slot = client[0]
+        return True
 
     async def _replay(self, network: NetworkInfo, since: int) -> int:
         """Send what was published after ``since`` from history, with a gap frame if needed;
@@ -172,25 +241,51 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         )
         if not admitted:
             return CLOSE_TOO_MANY_CONNECTIONS
+        self._person_slot = (token.user_id, network.id)
         self.user_id = token.user_id
         return None
 
     async def disconnect(self, code: int) -> None:
-        if self.outbox is not None:
-            await hub.leave(self.network.id, self.outbox)
-            box = self.outbox
-            if box.dropped or box.conflated:
+        await self._release()
+
+    def _holds_anything(self) -> bool:
+        return (self.outbox, self._person_slot, self._address_slot) != (None, None, None)
+
+    async def _release(self) -> None:
+        """Leave the hub and free this connection's slots, once; each step runs whatever
+        the others do (a slot Redis failed to free ages out there)."""
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None and self.network is not None:
+            await _logging_failure(hub.leave(self.network.id, outbox), "leaving the hub")
+            if outbox.dropped or outbox.conflated:
                 logger.info(
                     "a lagging listener of %s left: %d delivered, %d dropped, %d conflated",
-                    self.network.slug, box.delivered, box.dropped, box.conflated,
+                    self.network.slug, outbox.delivered, outbox.dropped, outbox.conflated,
                 )  # fmt: skip
-        if self.user_id is not None:
-            await connection_release(
-                user_id=self.user_id, network_id=self.network.id, connection=self.connection_id
+        person, self._person_slot = self._person_slot, None
+        if person is not None:
+            user_id, network_id = person
+            freed = connection_release(
+                user_id=user_id, network_id=network_id, connection=self.connection_id
             )
+            await _logging_failure(freed, "freeing the person's slot")
+        address, self._address_slot = self._address_slot, None
+        if address is not None:
+            freed = address_release(address=address, connection=self.connection_id)
+            await _logging_failure(freed, "freeing the address's slot")
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close once: frames the client sent before it heard the close still arrive, and a
+        second ``websocket.close`` is an ASGI error (uvicorn raises)."""
+        if self._close_sent:
+            return
+        self._close_sent = True
+        await super().close(code, reason)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Never broadcast what a listener sends; close it if it keeps sending.
+        if self._close_sent:
+            return  # closing already: what the client still sends is dropped
         now = time.monotonic()
         self._inbound = [t for t in self._inbound if now - t < INBOUND_WINDOW_SECONDS]
         self._inbound.append(now)
@@ -214,3 +309,11 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         networks = event.get("networks")
         if self.network is not None and (networks is None or self.network.id in networks):
             await self.close(code=CLOSE_NOT_ENTITLED)
+
+
+async def _logging_failure(step: Coroutine[Any, Any, None], what: str) -> None:
+    """Await one release step; a failure is logged, not raised, so the other steps still run."""
+    try:
+        await step
+    except Exception:
+        logger.exception("releasing a listener: %s failed", what)

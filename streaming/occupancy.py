@@ -110,9 +110,9 @@ class OccupancyReporter:
                 announce(network_id, count)
             return
         self._dirty.add(network_id)
-        if self._writer is None or self._writer.done():
+        if not _pending_here(self._writer):
             self._writer = asyncio.ensure_future(self._write_soon())
-        if self._heartbeat is None or self._heartbeat.done():
+        if not _pending_here(self._heartbeat):
             self._heartbeat = asyncio.ensure_future(self._beat())
 
     async def _write_soon(self) -> None:
@@ -151,6 +151,13 @@ class OccupancyReporter:
                 with contextlib.suppress(redis.RedisError, OSError):
                     await async_redis_client().publish(events_channel(), _event(network_id, after))
         return True
+
+
+def _pending_here(task: asyncio.Task[None] | None) -> bool:
+    """True while ``task`` will still run: not done, and of the running loop. A task left
+    pending on a loop that closed (a listener released while its loop shut down) never
+    finishes: a check of ``done()`` alone would wait for it forever."""
+    return task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
 
 
 def _event(network_id: int, listeners: int) -> str:

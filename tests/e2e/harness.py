@@ -22,6 +22,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 E2E_REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/10")
 DEMO_KEY = "e2e-demo-key-" + uuid.uuid4().hex
+# Servers refuse the public development key; every process of a run shares this one (tokens
+# minted by `manage.py shell` must verify on the servers).
+SECRET_KEY = "e2e-secret-key-" + uuid.uuid4().hex + uuid.uuid4().hex
 
 
 def free_port() -> int:
@@ -32,7 +35,9 @@ def free_port() -> int:
 
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    env.update({"PYTHONUNBUFFERED": "1", "DEBUG": "true", "LOG_LEVEL": "WARNING"})
+    env.update(
+        {"PYTHONUNBUFFERED": "1", "DEBUG": "true", "LOG_LEVEL": "WARNING", "SECRET_KEY": SECRET_KEY}
+    )
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return env
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,25 @@ from katiedj_client.listener import Listener, ListenerRejected
 EXIT_OK = 0
 EXIT_OUTPUT_ERROR = 1
 EXIT_REJECTED = 2
+
+# URLs are logged with -v and in errors; a ?token= there is a credential (terminals are
+# recorded, logs are shared): print the URL without it.
+_TOKEN_PARAMETER = re.compile(r"(?i)([?&;](?:token|access_token)=)[^&;#\s]*")
+_TOKEN_VALUE = re.compile(r"\b(kdjp?_)[0-9A-Za-z]{20,}|\b(kdje\.)[0-9A-Za-z_-]+\.[0-9A-Za-z_-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` without token values (query parameters, personal and entitlement tokens)."""
+    text = _TOKEN_PARAMETER.sub(r"\1[redacted]", text)
+    return _TOKEN_VALUE.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
+
+
+class _RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 def _positive_int(text: str) -> int:
@@ -85,10 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="katiedj-listen: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactTokens())
     try:
         listener = Listener(args.url, token=args.token, resume=args.resume)
     except (InvalidURI, ValueError) as exc:
-        parser.error(str(exc))
+        parser.error(redact(str(exc)))
 
     try:
         sink = open(args.out, "a", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
@@ -101,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except ListenerRejected as exc:
-        print(f"katiedj-listen: {args.url}: {exc}", file=sys.stderr)
+        print(f"katiedj-listen: {redact(args.url)}: {exc}", file=sys.stderr)
         return EXIT_REJECTED
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); point stdout at devnull so the interpreter's

@@ -60,4 +60,12 @@
     });
     if (tabs.length) select(tabs[0]);
   });
+
+  // The organization switcher goes to the chosen organization's dashboard as soon as it
+  // changes (here, not in on* attributes: the Content-Security-Policy allows no inline script).
+  document.querySelectorAll("form[data-org-switch]").forEach((form) => {
+    const go = () => { location.href = "/dashboard/" + encodeURIComponent(form.org.value) + "/"; };
+    form.addEventListener("submit", (event) => { event.preventDefault(); go(); });
+    form.org.addEventListener("change", go);
+  });
 })();

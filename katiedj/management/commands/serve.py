@@ -1,11 +1,19 @@
+import json
+import os
+from pathlib import Path
+
 import uvicorn
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from katiedj.periodic import start_in_process_beat
+from katiedj.secret_key import ensure_secret_key
 from networks.sequence import local_allocator
 from simulator.services import demo_simulation_ensure
+
+# The Procfile's and the image's log configuration: uvicorn's, with secrets redacted.
+LOG_CONFIG = Path(__file__).resolve().parents[2] / "uvicorn_logging.json"
 
 
 class Command(BaseCommand):
@@ -22,6 +30,10 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         host, port = str(options["host"]), int(options["port"])  # type: ignore[call-overload]
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        if not os.environ.get("SECRET_KEY"):
+            # Never the public development key (the server refuses it): a key of this
+            # checkout's own, generated once, so sessions and tokens survive restarts.
+            settings.SECRET_KEY = ensure_secret_key(settings.VAR_DIR)
         call_command("migrate", interactive=False, verbosity=0)
         if not options["no_demo"]:
             call_command("bootstrap_demo", host=host, port=port, stdout=self.stdout)
@@ -45,6 +57,11 @@ class Command(BaseCommand):
             # Compression would run once per listener per message: the opposite of
             # serializing once. Measured in bench/README.md.
             ws_per_message_deflate=False,
+            # X-Forwarded-For/-Proto count only from these proxies; none by default (uvicorn's
+            # own default would believe any local process, and any client behind one).
+            proxy_headers=bool(settings.FORWARDED_ALLOW_IPS),
+            forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+            log_config=json.loads(LOG_CONFIG.read_text()),
             log_level=settings.LOGGING["root"]["level"].lower(),
         )
         if not settings.REDIS_URL:
