@@ -88,6 +88,7 @@ def docs(request: HttpRequest) -> HttpResponse:
             "rate": settings.PUBLISH_RATE_PER_SECOND,
             "token_minutes": settings.ENTITLEMENT_TOKEN_SECONDS // 60,
             "connections_per_user": settings.LISTENER_CONNECTIONS_PER_USER,
+            "connections_per_address": settings.LISTENER_CONNECTIONS_PER_ADDRESS,
             "inbound_bytes": settings.WEBSOCKET_MAX_INBOUND_BYTES,
             "demo_network": settings.DEMO_NETWORK_SLUG,
             "ping_interval": settings.WEBSOCKET_PING_INTERVAL,

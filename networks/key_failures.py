@@ -16,11 +16,12 @@ flood from that address costs no I/O at all.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from functools import lru_cache
 
 from django.conf import settings
+
+from katiedj.client_address import address_bucket
 
 from .lookup_cache import local_get, local_put, lookup_cache
 from .redis_clients import async_redis_client, redis_client
@@ -35,20 +36,6 @@ class TooManyFailedKeys(Exception):
 
 
 @lru_cache(maxsize=4096)
-def address_bucket(address: str) -> str:
-    """What is counted: an IPv4 address, or an IPv6 /64 (anyone holding one address holds
-    its whole /64, so counting single IPv6 addresses would bound nothing)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address  # not an IP (a unix socket, an odd proxy header): counted as given
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
-
-
 def _count_key(address: str) -> str:
     return f"{settings.REDIS_KEY_PREFIX}:keyfail:{address_bucket(address)}"
 

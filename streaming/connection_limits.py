@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections import defaultdict
@@ -26,6 +25,7 @@ from collections import defaultdict
 import redis
 from django.conf import settings
 
+from katiedj.client_address import address_bucket
 from networks.accounting import redis_key
 from networks.redis_clients import async_redis_client, registered_script
 
@@ -53,20 +53,6 @@ _refresher: asyncio.Task[None] | None = None
 
 def _key(user_id: int, network_id: int) -> str:
     return redis_key("conns", network_id, user_id)
-
-
-def address_bucket(address: str) -> str:
-    """What the per-address limit counts: an IPv4 address, or an IPv6 /64 (a household or a
-    LAN, like one IPv4 address behind NAT; anyone holds a whole /64)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address  # not an IP (a trusted proxy's odd header): counted as given
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
 
 
 def _address_key(address: str) -> str:
