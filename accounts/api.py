@@ -60,6 +60,7 @@ class OrganizationListView(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[Membership]:
         return organizations_of(user=self.request.user)
 
+    @extend_schema(responses={201: OrganizationSerializer})
     def post(self, request: Request) -> Response:
         serializer = OrganizationSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -113,6 +114,11 @@ class MemberListView(generics.ListAPIView):
         return organization_members(organization=membership.organization)
 
 
+_LAST_OWNER = OpenApiResponse(
+    description="The organization's last owner cannot step down or leave (`conflict`)"
+)
+
+
 class MemberDetailView(APIView):
     """Change a member's role (owners) or remove a member (admins; anyone may leave)."""
 
@@ -121,6 +127,7 @@ class MemberDetailView(APIView):
     def _target(self, actor: Membership, member_id: int) -> Membership:
         return organization_members(organization=actor.organization).get(pk=member_id)
 
+    @extend_schema(responses={200: MemberSerializer, 409: _LAST_OWNER})
     def patch(self, request: Request, org: str, member_id: int) -> Response:
         actor = membership_get(user=request.user, organization_slug=org)
         serializer = MemberSerializer(data=request.data, partial=True)
@@ -131,6 +138,7 @@ class MemberDetailView(APIView):
             target = membership_change_role(actor=actor, target=target, role=Role(role))
         return Response(MemberSerializer(target).data)
 
+    @extend_schema(responses={204: None, 409: _LAST_OWNER})
     def delete(self, request: Request, org: str, member_id: int) -> Response:
         actor = membership_get(user=request.user, organization_slug=org)
         membership_remove(actor=actor, target=self._target(actor, member_id))
@@ -219,7 +227,15 @@ class InvitationAcceptView(APIView):
 
     serializer_class = AcceptInvitationSerializer
 
-    @extend_schema(responses={200: OrganizationSerializer})
+    @extend_schema(
+        responses={
+            200: OrganizationSerializer,
+            404: OpenApiResponse(
+                description="No such invitation for your email address, or it was accepted, "
+                "revoked or has expired"
+            ),
+        }
+    )
     def post(self, request: Request) -> Response:
         serializer = AcceptInvitationSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -1,4 +1,5 @@
-"""Request guards: an ASGI deadline on request bodies and the Content-Security-Policy."""
+"""Request guards: an ASGI deadline on request bodies, the Content-Security-Policy, and no NUL
+in a path."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 
 Scope = dict[str, Any]
@@ -160,5 +161,29 @@ def ContentSecurityPolicyMiddleware(get_response):  # named like the classes in 
             response = get_response(request)
             _add_policy(request, response)
             return response
+
+    return middleware
+
+
+def _refuse_nul(request: HttpRequest) -> None:
+    if "\x00" in request.path_info:
+        raise Http404("No page has a NUL character in its address.")
+
+
+@sync_and_async_middleware
+def NulInPathMiddleware(get_response):  # named like the classes in MIDDLEWARE
+    """404 for a path with a NUL character (``%00``): it names nothing, since PostgreSQL text
+    cannot hold one, and a view looking it up (``<str:slug>``) would be a server error."""
+    if iscoroutinefunction(get_response):
+
+        async def middleware(request: HttpRequest) -> HttpResponse:
+            _refuse_nul(request)
+            return await get_response(request)
+
+    else:
+
+        def middleware(request: HttpRequest) -> HttpResponse:
+            _refuse_nul(request)
+            return get_response(request)
 
     return middleware

@@ -101,6 +101,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy on every page: scripts from this origin only (no inline script).
     "katiedj.middleware.ContentSecurityPolicyMiddleware",
+    # A NUL in a path names nothing: 404 before a view takes it to the database.
+    "katiedj.middleware.NulInPathMiddleware",
     # Serves the admin's and portal's static assets in every mode; no web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -287,6 +289,12 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The embedded mode starts a demo simulation on sample_net (`off` to disable).
 DEMO_SIMULATION = os.environ.get("DEMO_SIMULATION", "on").lower() not in {"off", "0", "false"}
+# The largest model a simulation may build (cells over all streets; a 83 x 83 grid at 1 s):
+# a tiny time step or a forced cell count is refused, not allocated.
+SIMULATION_MAX_CELLS = env_int("SIMULATION_MAX_CELLS", 1_000_000)
+# SUMO networks (.net.xml, .net.xml.gz) the API may name: files the operator puts in this
+# directory. Empty: the API offers no SUMO topology (staff can still set one in the admin).
+SIMULATION_SUMO_DIR = os.environ.get("SIMULATION_SUMO_DIR", "")
 
 # --- Publishing ------------------------------------------------------------------------
 
@@ -377,6 +385,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        # Before the publish endpoints are added: those document their own errors.
+        "katiedj.api.common_error_responses_hook",
         "katiedj.api.publish_endpoints_hook",
     ],
 }

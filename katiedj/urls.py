@@ -31,3 +31,9 @@ urlpatterns = [
     path("", include("billing.urls")),
     path("", include("frontend.urls")),
 ]
+
+# Under /api/ Django's own errors (no route, a refused request) answer in the API's JSON shape.
+handler400 = "katiedj.api.bad_request"
+handler403 = "katiedj.api.permission_denied"
+handler404 = "katiedj.api.page_not_found"
+handler500 = "katiedj.api.server_error"

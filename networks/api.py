@@ -70,6 +70,7 @@ class NetworkListView(generics.ListAPIView):
         membership = membership_get(user=self.request.user, organization_slug=self.kwargs["org"])
         return networks_of(organization_id=membership.organization_id)
 
+    @extend_schema(responses={201: NetworkSerializer})
     def post(self, request: Request, org: str) -> Response:
         actor = membership_require(user=request.user, organization_slug=org, minimum=Role.ADMIN)
         serializer = NetworkSerializer(data=request.data)
@@ -118,6 +119,7 @@ class NetworkArchiveView(APIView):
         network = network_archive(network=self._network(request, org, slug))
         return Response(NetworkSerializer(network).data)
 
+    @extend_schema(responses={200: NetworkSerializer})
     def delete(self, request: Request, org: str, slug: str) -> Response:
         network = network_unarchive(network=self._network(request, org, slug))
         return Response(NetworkSerializer(network).data)
@@ -130,7 +132,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
     networks = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=KeyScope.choices))
     is_active = serializers.BooleanField(read_only=True)
-    replaced_by = serializers.PrimaryKeyRelatedField(read_only=True)
+    replaced_by = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
 
     class Meta:
         model = ApiKey

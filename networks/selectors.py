@@ -147,13 +147,26 @@ async def apublisher_key_get(*, raw_key: str, client: str | None = None) -> Publ
     return None if key is None or key.is_expired() else key
 
 
+SLUG_MAX_LENGTH = Network._meta.get_field("slug").max_length
+
+
+def could_be_slug(slug: str) -> bool:
+    """Whether some network could have ``slug``: none can hold a NUL (PostgreSQL text refuses
+    it: looking one up would be a server error) or be longer than the column."""
+    return 0 < len(slug) <= SLUG_MAX_LENGTH and "\x00" not in slug
+
+
 def network_get_by_slug(*, slug: str) -> NetworkInfo | None:
     """The network with ``slug``, or None. No database query on a cache hit."""
+    if not could_be_slug(slug):
+        return None
     return cached_lookup(network_cache_key(slug), lambda: _load_network(slug))
 
 
 async def anetwork_get_by_slug(*, slug: str) -> NetworkInfo | None:
     """``network_get_by_slug`` for async code; no I/O when this process has the answer."""
+    if not could_be_slug(slug):
+        return None
     return await acached_lookup(network_cache_key(slug), lambda: _load_network(slug))
 
 
@@ -171,6 +184,8 @@ def networks_of(*, organization_id: int) -> QuerySet[Network]:
 
 def network_get_for_org(*, organization_id: int, slug: str) -> Network:
     """The organization's network ``slug``; Network.DoesNotExist otherwise (also if foreign)."""
+    if not could_be_slug(slug):
+        raise Network.DoesNotExist
     return Network.objects.get(organization_id=organization_id, slug=slug)
 
 

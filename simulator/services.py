@@ -25,11 +25,16 @@ logger = logging.getLogger(__name__)
 TICK_TASK = "simulator.tasks.simulation_tick"
 
 
-def build_topology(simulation: Simulation) -> ModelTopology:
-    """The simulation's street network; built once per process (topologies are not mutated)."""
+def build_topology(simulation: Simulation, *, cache: bool = True) -> ModelTopology:
+    """The simulation's street network; built once per process (topologies are not mutated).
+
+    ``cache=False`` builds it without keeping it: a configuration that is only being checked
+    must not pin a topology (tens of MB for a large grid) in the process's cache.
+    """
     dt = float((simulation.model_options or {}).get("dt", ModelParams.dt))
     options = json.dumps(simulation.topology_options or {}, sort_keys=True)
-    return _topology(simulation.topology, options, dt)
+    build = _topology if cache else _topology.__wrapped__
+    return build(simulation.topology, options, dt)
 
 
 @lru_cache(maxsize=32)
@@ -43,15 +48,16 @@ def _topology(kind: str, options_json: str, dt: float) -> ModelTopology:
     return manhattan_grid(int(options.get("rows", 4)), int(options.get("cols", 4)))
 
 
-def build_model(simulation: Simulation) -> TrafficModel:
+def build_model(simulation: Simulation, *, cache: bool = True) -> TrafficModel:
     """The simulation's model, restored from its saved state when it has one."""
-    topology = build_topology(simulation)
+    topology = build_topology(simulation, cache=cache)
     params = ModelParams(**(simulation.model_options or {}))
+    limit = settings.SIMULATION_MAX_CELLS
     if not simulation.state:
-        return TrafficModel(topology, params)
+        return TrafficModel(topology, params, max_cells=limit)
     with np.load(io.BytesIO(bytes(simulation.state)), allow_pickle=False) as saved:
         state = {key: _from_npz(saved[key]) for key in saved.files}
-    return TrafficModel.from_state(topology, state, params)
+    return TrafficModel.from_state(topology, state, params, max_cells=limit)
 
 
 def _from_npz(value: np.ndarray) -> object:
@@ -67,8 +73,11 @@ def _to_bytes(model: TrafficModel) -> bytes:
 
 
 def simulation_validate(simulation: Simulation) -> None:
-    """Build the model once: a bad topology or CFL violation fails here, with its message."""
-    build_model(simulation)
+    """Build the model once: a bad topology or CFL violation fails here, with its message.
+
+    Nothing is cached: what the API is asked to check (refused or not) takes no memory after.
+    """
+    build_model(simulation, cache=False)
 
 
 # --- Scheduling -------------------------------------------------------------------------------

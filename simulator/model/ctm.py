@@ -52,7 +52,11 @@ class TrafficModel:
     elsewhere with :meth:`from_state`.
     """
 
-    def __init__(self, topology: Topology, params: ModelParams | None = None) -> None:
+    def __init__(
+        self, topology: Topology, params: ModelParams | None = None, *, max_cells: int | None = None
+    ) -> None:
+        """``max_cells``: refuse (ModelConfigError) a model of more cells, before any is
+        allocated (a tiny Δt or a forced cell count could otherwise ask for any number)."""
         topology.validate()
         self.topology = topology
         self.params = params = params or ModelParams()
@@ -71,13 +75,21 @@ class TrafficModel:
 
         counts = np.empty(n_streets, dtype=np.intp)
         fastest = np.maximum(speed, wave)
+        total = 0
         for i, s in enumerate(streets):
             # Python loop at build time only: it produces the per-street message on failure.
             forced = s.cells if s.cells is not None else params.cells_per_street
             if forced is not None:
-                counts[i] = forced
+                count = int(forced)
             else:
-                counts[i] = max(1, math.floor(s.length / (fastest[i] * dt) + _CFL_SLACK))
+                count = max(1, math.floor(s.length / (fastest[i] * dt) + _CFL_SLACK))
+            total += count
+            if max_cells is not None and total > max_cells:
+                raise ModelConfigError(
+                    f"the model would have more than {max_cells:,} cells: use a longer time "
+                    f"step, fewer cells per street or a smaller network"
+                )
+            counts[i] = count
             dx = s.length / counts[i]
             if fastest[i] * dt > dx * (1.0 + _CFL_SLACK):
                 what = "free-flow speed v" if speed[i] >= wave[i] else "congestion wave speed w"
@@ -176,9 +188,11 @@ class TrafficModel:
         topology: Topology,
         state: Mapping[str, Any],
         params: ModelParams | None = None,
+        *,
+        max_cells: int | None = None,
     ) -> TrafficModel:
         """Build a model of ``topology`` and load ``state`` (from :meth:`state_dict`)."""
-        model = cls(topology, params)
+        model = cls(topology, params, max_cells=max_cells)
         model.restore(state)
         return model
 

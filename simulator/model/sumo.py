@@ -80,9 +80,12 @@ def load_sumo_net(
     are lengthened to it. ``demand_per_lane`` (veh/s/lane) feeds every entry edge.
     """
     path = Path(path)
-    with _open(path) as fh:
-        # Local network files the operator chose to load, not untrusted uploads.
-        root = ET.parse(fh).getroot()  # noqa: S314
+    try:
+        with _open(path) as fh:
+            # Local network files the operator chose to load, not untrusted uploads.
+            root = ET.parse(fh).getroot()  # noqa: S314
+    except (ET.ParseError, EOFError) as error:  # not XML, or a truncated .gz
+        raise TopologyError(f"{path.name}: not a SUMO network ({error})") from None
     if root.tag != "net":
         raise TopologyError(f"{path}: not a SUMO network (root element <{root.tag}>)")
 

@@ -72,15 +72,14 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
     }
     bodies = {**BODIES, ("/api/v1/invitations/accept/", "post"): {"token": accept_token}}
 
+    paths = load_schema()["paths"]
     operations = [
-        (path, method)
-        for path, item in load_schema()["paths"].items()
-        for method in item
-        if method in ORDER
+        (path, method) for path, item in paths.items() for method in item if method in ORDER
     ]
     assert len(operations) >= 20
     for path, method in sorted(operations, key=lambda op: (ORDER[op[1]], op[0])):
         url = path.format(**params)
+        documented = paths[path][method]["responses"]
         if path == "/api/v1/networks/{slug}/messages":
             # Served by the publish app with a publisher key, not a session.
             headers = {"Authorization": f"Bearer {acme.secret}"}
@@ -90,6 +89,7 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
             else:
                 response = asgi.get(url, headers=headers)
             assert 200 <= response.status_code < 300, response.text
+            assert str(response.status_code) in documented, (method, path)
             continue
         response = getattr(owner, method)(url, data=bodies.get((path, method)), format="json")
         assert 200 <= response.status_code < 300, (
@@ -98,6 +98,34 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
             response.status_code,
             response.content,
         )
+        # The very status the schema documents (creates answer 201; a restore 200, with the
+        # network), not just some success.
+        assert str(response.status_code) in documented, (method, path, response.status_code)
+
+
+def test_every_operation_documents_the_common_errors_in_the_one_error_shape(db):
+    schema = load_schema()
+    error = schema["components"]["schemas"]["Error"]
+    assert error["required"] == ["error", "code"]
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if method not in ORDER:
+                continue
+            responses = operation["responses"]
+            if path != "/api/v1/networks/{slug}/messages":
+                # Every management operation needs a person: 401 without one, 403 for a role.
+                assert {"401", "403"} <= set(responses), (method, path)
+            if "{" in path:
+                assert "404" in responses, (method, path)
+            if "requestBody" in operation:
+                assert {"400", "415"} <= set(responses) or path.startswith("/api/v1/networks/"), (
+                    method,
+                    path,
+                )
+            for code, response in responses.items():
+                if code.startswith("4"):
+                    schema_ref = response["content"]["application/json"]["schema"]
+                    assert schema_ref == {"$ref": "#/components/schemas/Error"}, (method, path)
 
 
 def test_the_interactive_docs_page_is_served_without_a_cdn(db):

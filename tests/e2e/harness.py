@@ -156,6 +156,7 @@ def uvicorn_command(port: int) -> list[str]:
         sys.executable, "-m", "uvicorn", "katiedj.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
         "--ws-max-size", "4096", "--ws-per-message-deflate", "false", "--no-access-log",
+        "--forwarded-allow-ips", "",  # as the Procfile: no proxy is trusted by default
     ]  # fmt: skip
 
 

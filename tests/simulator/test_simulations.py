@@ -171,3 +171,22 @@ def test_a_sumo_town_is_built_for_the_simulations_time_step():
     model = build_model(simulation)
     model.step(2)
     assert model.time == pytest.approx(10.0)
+
+
+def test_checking_a_configuration_keeps_no_topology_in_the_cache():
+    """The API checks every configuration it is sent by building it: were those topologies
+    cached (32 of them, ~70 MB for a 100 x 100 grid), a few requests would pin gigabytes."""
+    from simulator.model import ModelConfigError
+    from simulator.services import _topology, simulation_validate
+
+    _topology.cache_clear()
+    simulation_validate(Simulation(topology=Topology.GRID, topology_options={"rows": 3, "cols": 3}))
+    with pytest.raises(ModelConfigError):  # refused after its topology was built
+        simulation_validate(
+            Simulation(
+                topology=Topology.GRID,
+                topology_options={"rows": 3, "cols": 3},
+                model_options={"dt": 0.001},
+            )
+        )
+    assert _topology.cache_info().currsize == 0

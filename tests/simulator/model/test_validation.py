@@ -134,3 +134,30 @@ def test_bad_params():
         ModelParams(dt=0.0)
     with pytest.raises(ValueError, match="signal_mode"):
         ModelParams(signal_mode="smooth")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        ModelParams(dt=1e-300),  # the CFL rule asks for ~10^301 cells a street
+        ModelParams(dt=1e-300, cells_per_street=10**20),  # forced: past any array's size
+        ModelParams(dt=0.0005),  # representable, but 1.7 million cells
+    ],
+)
+def test_a_model_past_max_cells_is_refused_before_anything_is_allocated(params):
+    # Was an OverflowError (a 500 through the API) or an allocation of gigabytes.
+    with pytest.raises(ModelConfigError, match="more than 1,000,000 cells"):
+        TrafficModel(manhattan_grid(2, 2), params, max_cells=1_000_000)
+    # Within the limit it builds as before.
+    assert TrafficModel(manhattan_grid(2, 2), ModelParams(), max_cells=1_000_000).n_cells == 864
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b"\x1f\x8b\x08trunc"])
+def test_a_file_that_is_not_a_sumo_network_is_a_topology_error(tmp_path, content):
+    # Was xml.etree.ElementTree.ParseError (and EOFError for a truncated .gz): a 500.
+    from simulator.model import load_sumo_net
+
+    path = tmp_path / ("town.net.xml.gz" if content.startswith(b"\x1f\x8b") else "town.net.xml")
+    path.write_bytes(content)
+    with pytest.raises(TopologyError, match="not a SUMO network"):
+        load_sumo_net(path)
