@@ -104,29 +104,24 @@ class SubscriptionAdmin(admin.ModelAdmin):
         if done:
             self.message_user(request, f"{verb} {done} subscription(s).")
 
-    @admin.action(description="End now with a prorated refund (Stripe; closes connections)")
-    def end_now_prorated(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+    def _cancel(self, request: HttpRequest, queryset: QuerySet[Subscription], **how: Any) -> None:
+        verb = "Set to cancel" if how.get("at_period_end") else "Ended"
         self._each(
             request, queryset,
-            lambda s: subscription_cancel(subscription=s, refund="prorated", reason="staff"),
-            "Ended",
+            lambda s: subscription_cancel(subscription=s, reason="staff", **how), verb,
         )  # fmt: skip
+
+    @admin.action(description="End now with a prorated refund (Stripe; closes connections)")
+    def end_now_prorated(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        self._cancel(request, queryset, refund="prorated")
 
     @admin.action(description="End now without refund (Stripe; closes connections)")
     def end_now_no_refund(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        self._each(
-            request, queryset,
-            lambda s: subscription_cancel(subscription=s, refund="none", reason="staff"),
-            "Ended",
-        )  # fmt: skip
+        self._cancel(request, queryset, refund="none")
 
     @admin.action(description="Cancel at the end of the paid period (Stripe)")
     def cancel_at_period_end(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        self._each(
-            request, queryset,
-            lambda s: subscription_cancel(subscription=s, at_period_end=True, reason="staff"),
-            "Set to cancel",
-        )  # fmt: skip
+        self._cancel(request, queryset, at_period_end=True)
 
     @admin.action(description="Re-read from Stripe")
     def resync(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:

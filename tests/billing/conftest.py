@@ -65,5 +65,15 @@ def deliver_all(fake, client: Client, since: int = 0) -> list[int]:
     return [post_event(client, event).status_code for event in fake.events()[since:]]
 
 
+def start_checkout(person, network, interval: str = "month") -> str:
+    """Our Subscribe for ``person``: the fake's Checkout URL."""
+    from billing.services import checkout_start
+
+    return checkout_start(
+        user=person, network=network, interval=interval,
+        success_url="http://testserver/ok", cancel_url="http://testserver/no",
+    )  # fmt: skip
+
+
 def session_id_of(checkout_url: str) -> str:
     return urlsplit(checkout_url).path.rsplit("/", 1)[-1]

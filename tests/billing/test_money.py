@@ -11,7 +11,6 @@ from billing.models import Payment, Price, Subscription, SubscriptionStatus
 from billing.selectors import takings_by_month
 from billing.services import (
     AlreadySubscribed,
-    checkout_start,
     price_remove,
     price_set,
     subscription_change_plan,
@@ -20,7 +19,7 @@ from billing.sync import subscriptions_reconcile
 from networks.services import network_archive, network_update
 from tests.factories import MembershipFactory, NetworkFactory, UserFactory
 
-from .conftest import deliver_all, session_id_of
+from .conftest import deliver_all, session_id_of, start_checkout
 
 pytestmark = pytest.mark.django_db
 
@@ -48,13 +47,6 @@ def buy(stripe_on, client, eager_celery, django_capture_on_commit_callbacks):
         return stripe_subscription
 
     return buy
-
-
-def start_checkout(person, network, interval: str) -> str:
-    return checkout_start(
-        user=person, network=network, interval=interval,
-        success_url="http://testserver/ok", cancel_url="http://testserver/no",
-    )  # fmt: skip
 
 
 def deliver_new(stripe_on, client, seen: int, callbacks) -> None:

@@ -13,7 +13,7 @@ from billing.services import checkout_start, portal_url, price_set
 from billing.sync import subscriptions_reconcile
 from tests.factories import NetworkFactory, UserFactory
 
-from .conftest import deliver_all
+from .conftest import deliver_all, start_checkout
 
 pytestmark = pytest.mark.django_db
 
@@ -51,10 +51,7 @@ def test_checkout_webhooks_and_cancellation_drive_entitlement(
     )
     session_id = urlsplit(url).path.rsplit("/", 1)[-1]
     # The customer is reused for a second checkout.
-    checkout_start(
-        user=listener, network=network, interval="month",
-        success_url="http://testserver/ok", cancel_url="http://testserver/cancel",
-    )  # fmt: skip
+    start_checkout(listener, network)
     assert listener.stripe_customer.stripe_customer_id.startswith("cus_")
 
     stripe_subscription = stripe_on.complete_checkout(session_id)
@@ -91,10 +88,7 @@ def test_reconciliation_repairs_a_missed_webhook(stripe_on):
     listener = UserFactory(email="missed@example.com")
     network = NetworkFactory(slug="premium", is_public=False)
     price_set(network=network, interval="month", amount=900)
-    url = checkout_start(
-        user=listener, network=network, interval="month",
-        success_url="http://testserver/ok", cancel_url="http://testserver/cancel",
-    )  # fmt: skip
+    url = start_checkout(listener, network)
     stripe_on.complete_checkout(urlsplit(url).path.rsplit("/", 1)[-1])
     assert not Subscription.objects.exists()  # every webhook was lost
     assert subscriptions_reconcile() == 1
@@ -105,10 +99,7 @@ def test_the_customer_portal_link(stripe_on):
     listener = UserFactory(email="portal@example.com")
     network = NetworkFactory(slug="premium", is_public=False)
     price_set(network=network, interval="month", amount=900)
-    checkout_start(
-        user=listener, network=network, interval="month",
-        success_url="http://testserver/ok", cancel_url="http://testserver/cancel",
-    )  # fmt: skip
+    start_checkout(listener, network)
     url = portal_url(user=listener, return_url="http://testserver/dashboard/")
     assert url.startswith(stripe_on.api_base)
 

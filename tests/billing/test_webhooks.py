@@ -19,11 +19,11 @@ from django.db import connection, connections
 from django.test import Client
 
 from billing.models import Subscription, SubscriptionStatus, WebhookEvent
-from billing.services import checkout_start, customer_for, price_set
+from billing.services import customer_for, price_set
 from billing.tasks import backoff_seconds, process_webhook_event
 from tests.factories import NetworkFactory, UserFactory
 
-from .conftest import WEBHOOK_SECRET, deliver_all, post_event, session_id_of
+from .conftest import WEBHOOK_SECRET, deliver_all, post_event, session_id_of, start_checkout
 
 pytestmark = pytest.mark.django_db
 
@@ -47,10 +47,7 @@ def subscribed(stripe_on, client, eager_celery, django_capture_on_commit_callbac
     listener = UserFactory(email="payer@example.com")
     network = NetworkFactory(slug="premium", is_public=False)
     price_set(network=network, interval="month", amount=900)
-    url = checkout_start(
-        user=listener, network=network, interval="month",
-        success_url="http://testserver/ok", cancel_url="http://testserver/no",
-    )  # fmt: skip
+    url = start_checkout(listener, network)
     stripe_subscription = stripe_on.complete_checkout(session_id_of(url))
     with django_capture_on_commit_callbacks(execute=True):
         assert set(deliver_all(stripe_on, client)) == {200}
@@ -141,10 +138,7 @@ def test_same_second_events_applied_concurrently_end_in_stripes_state(
     listener = UserFactory(email="racer@example.com")
     network = NetworkFactory(slug="premium", is_public=False)
     price_set(network=network, interval="month", amount=900)
-    url = checkout_start(
-        user=listener, network=network, interval="month",
-        success_url="http://testserver/ok", cancel_url="http://testserver/no",
-    )  # fmt: skip
+    url = start_checkout(listener, network)
     stripe_subscription = stripe_on.complete_checkout(session_id_of(url))
     for event in stripe_on.events():
         assert post_event(Client(), event).status_code == 200
@@ -245,10 +239,7 @@ def test_a_checkout_whose_first_events_race_makes_one_row(
     network = NetworkFactory(is_public=False)
     price_set(network=network, interval="month", amount=900)
     customer_for(user=listener)
-    url = checkout_start(
-        user=listener, network=network, interval="month",
-        success_url="http://testserver/ok", cancel_url="http://testserver/no",
-    )  # fmt: skip
+    url = start_checkout(listener, network)
     stripe_on.complete_checkout(session_id_of(url))
     with django_capture_on_commit_callbacks(execute=True):
         for event in reversed(stripe_on.events()):
