@@ -4,7 +4,6 @@ in a path."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
@@ -15,6 +14,8 @@ from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
+
+from katiedj.asgi_responses import send_json
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -76,22 +77,13 @@ class RequestBodyDeadline:
 
 
 async def _request_timeout(send: Any) -> None:
-    body = json.dumps(
-        {"error": "The request body did not arrive in time", "code": "request_timeout"}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 408,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The rest of the body may still be on its way: this connection is done.
-                (b"connection", b"close"),
-            ],
-        }
+    # The rest of the body may still be on its way: this connection is done.
+    await send_json(
+        send,
+        408,
+        {"error": "The request body did not arrive in time", "code": "request_timeout"},
+        [(b"connection", b"close")],
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 # Stripe's hosted pages: a Subscribe or "Manage billing" form posts to us and is redirected

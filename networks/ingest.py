@@ -31,6 +31,7 @@ from django.http.cookie import parse_cookie
 from accounts.selectors import personal_token_user
 from accounts.tokens import PERSONAL_TOKEN
 from katiedj import metrics
+from katiedj.asgi_responses import send_json as _send_json
 
 from . import key_failures
 from .accounting import MAX_SEQ, ahistory_since, retry_after_header
@@ -98,26 +99,6 @@ def _content_length(scope: Scope) -> int | None:
         return int(_header(scope, b"content-length") or "")
     except ValueError:
         return None
-
-
-async def _send_json(
-    send: Any, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()
-) -> None:
-    # json.dumps' default separators: the bytes Django's JsonResponse (the original) produced.
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-content-type-options", b"nosniff"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")

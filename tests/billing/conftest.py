@@ -30,6 +30,21 @@ def eager_celery():
     app.conf.task_always_eager = previous
 
 
+@pytest.fixture
+def premium(db):
+    """A paid network."""
+    from tests.factories import NetworkFactory
+
+    return NetworkFactory(slug="premium", is_public=False)
+
+
+@pytest.fixture
+def listener(db):
+    from tests.factories import UserFactory
+
+    return UserFactory(email="listener@example.com")
+
+
 @pytest.fixture(scope="session")
 def fake_stripe():
     """One local Stripe-compatible server for the billing tests (events delivered by hand)."""

@@ -18,19 +18,9 @@ from billing.services import subscription_end, subscription_grant
 from katiedj.asgi import application
 from networks.selectors import network_get_by_slug
 from networks.services import message_publish
-from tests.factories import NetworkFactory, UserFactory
+from tests.factories import NetworkFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def premium(db):
-    return NetworkFactory(slug="premium", is_public=False)
-
-
-@pytest.fixture
-def listener(db):
-    return UserFactory(email="listener@example.com")
 
 
 def mint(user) -> str:
