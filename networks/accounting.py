@@ -5,6 +5,13 @@ process: take a token from the key's bucket (or answer how long to wait), ``INCR
 network's sequence, add to the hour's usage counters and note the key's last use. Periodic
 tasks (``networks.tasks``) move usage and last use into the database; the publish path never
 writes there. The embedded mode keeps the same state in process memory.
+
+Sequence numbers belong to an *epoch* (``Epoch``): the numbering one Redis server hands out.
+A Redis that restarted, was flushed or took over from a lagging replica may continue from an
+older number than listeners saw; the script notices (Redis's ``run_id`` differs from the one
+stored with the network's epoch) and starts a new epoch that records where it continues
+from. ``aresume_position`` uses that to tell a listener whether its ``since`` is still a
+position in the numbering, or whether it must be reset (docs/protocol.md, "Epochs").
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from .lookup_cache import adatabase_call
 from .redis_clients import async_redis_client, redis_client, registered_script
 from .selectors import NetworkInfo, PublisherKey
 from .sequence import local_allocator
@@ -31,11 +40,60 @@ USAGE_TTL_SECONDS = 3 * 24 * 3600
 # Sequence numbers come from Redis INCR (signed 64-bit): none is larger.
 MAX_SEQ = 2**63 - 1
 
+# The network's epoch, made current: a new one when this Redis server (its run_id) is not
+# the one that started the stored epoch, or none is stored (a new network, a flush, a
+# restart without persistence). The new epoch starts after the highest seq kept here.
+# Returns the epoch id, its start and the previous epoch's id ('' if none).
+_CURRENT_EPOCH_LUA = """
+local function current_epoch(epoch_key, seq_key, history_key)
+  local server = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local state = redis.call('HMGET', epoch_key, 'id', 'server', 'start', 'previous')
+  if state[1] and state[2] == server then
+    return state[1], state[3], state[4] or ''
+  end
+  -- Numbers stay strings: Lua's are doubles, which print 1e+14 and round past 2^53.
+  local seq = redis.call('GET', seq_key) or '0'
+  if redis.call('EXISTS', history_key) == 1 then
+    -- The history must stay in seq order: never number at or below an ID it ever held.
+    local info = redis.call('XINFO', 'STREAM', history_key)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        local kept = string.match(info[i + 1], '^(%d+)')
+        if tonumber(kept) > tonumber(seq) then
+          seq = kept
+          redis.call('SET', seq_key, seq)
+        end
+      end
+    end
+  end
+  local now = redis.call('TIME')
+  local id = now[1] .. string.format('%06d', tonumber(now[2]))
+  if id == state[1] then
+    id = id .. '1'
+  end
+  local previous = state[1] or ''
+  redis.call('HSET', epoch_key, 'id', id, 'server', server, 'start', seq, 'previous', previous)
+  return id, seq, previous
+end
+"""
+
+# KEYS: epoch hash, sequence, history stream
+# Returns the current epoch id, its start, the previous epoch id and the newest seq.
+_EPOCH_SCRIPT = (
+    _CURRENT_EPOCH_LUA
+    + """
+local id, start, previous = current_epoch(KEYS[1], KEYS[2], KEYS[3])
+return {id, start, previous, redis.call('GET', KEYS[2]) or '0'}
+"""
+)
+
 # KEYS: bucket, sequence, usage hash, dirty-usage set, last-used hash, history stream,
-#       fan-out channel
+#       fan-out channel, epoch hash
 # ARGV: rate, burst, bytes, network id, key id ("" for none), usage key name, usage TTL,
 #       frame, timestamp, history length, publish time (epoch seconds)
-_ADMIT_SCRIPT = """
+_ADMIT_SCRIPT = (
+    _CURRENT_EPOCH_LUA
+    + """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 if ARGV[5] ~= '' then
@@ -51,17 +109,44 @@ if ARGV[5] ~= '' then
   redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
   redis.call('HSET', KEYS[5], ARGV[5], tostring(now))
 end
+local epoch, start = current_epoch(KEYS[8], KEYS[2], KEYS[6])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('HINCRBY', KEYS[3], 'messages:' .. ARGV[4], 1)
 redis.call('HINCRBY', KEYS[3], 'bytes:' .. ARGV[4], tonumber(ARGV[3]))
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
 redis.call('SADD', KEYS[4], ARGV[6])
 local length = tonumber(ARGV[10])
-redis.call('XADD', KEYS[6], 'MAXLEN', length, seq .. '-0', 'f', ARGV[8], 't', ARGV[9])
+redis.call('XADD', KEYS[6], 'MAXLEN', length, seq .. '-0', 'f', ARGV[8], 't', ARGV[9], 'e', epoch)
 -- Published from inside the script, so every process receives messages in seq order.
-redis.call('PUBLISH', KEYS[7], seq .. '\\n' .. ARGV[9] .. '\\n' .. ARGV[11] .. '\\n' .. ARGV[8])
-return {seq, '0'}
+redis.call('PUBLISH', KEYS[7], seq .. '\\n' .. epoch .. '\\n' .. start .. '\\n' .. ARGV[9]
+  .. '\\n' .. ARGV[11] .. '\\n' .. ARGV[8])
+return {seq, '0', epoch, start}
 """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """One numbering of a network's messages: ``id`` is opaque (a string), ``start`` the
+    last seq of the numbering it continues after (0 for a fresh one)."""
+
+    id: str
+    start: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An accepted publish: its sequence number and the epoch that number belongs to."""
+
+    seq: int
+    epoch: Epoch
+
+
+class HistoryEntry(NamedTuple):
+    seq: int
+    ts: str
+    frame: str
+    epoch: str  # '' for messages stored before epochs existed
 
 
 class RateLimited(Exception):
@@ -91,6 +176,10 @@ def history_key(network_id: int) -> str:
     return redis_key("history", network_id)
 
 
+def epoch_key(network_id: int) -> str:
+    return redis_key("epoch", network_id)
+
+
 def fanout_channel(network_id: int) -> str:
     """The Redis pub/sub channel carrying a network's messages to every server process."""
     return redis_key("fanout", network_id)
@@ -109,6 +198,7 @@ def _script_args(
         redis_key("lastused"),
         history_key(network.id),
         fanout_channel(network.id),
+        epoch_key(network.id),
     ]
     key_id = publisher.id if publisher else ""
     args = [rate, burst, nbytes, network.id, key_id, hour_key, USAGE_TTL_SECONDS, frame, ts]
@@ -116,18 +206,18 @@ def _script_args(
     return keys, [str(a) for a in args]
 
 
-def _result(reply: list) -> int:
+def _result(reply: list) -> Admission:
     seq, wait = int(reply[0]), float(reply[1])
     if seq == 0:
         raise RateLimited(wait)
-    return seq
+    return Admission(seq=seq, epoch=Epoch(id=reply[2].decode(), start=int(reply[3])))
 
 
 async def aadmit_publish(
     *, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int, frame: str, ts: str
-) -> int:
+) -> Admission:
     """Account for one publish, append it to the network's history and return its sequence
-    number; RateLimited if over the limit."""
+    number and epoch; RateLimited if over the limit."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
         script = registered_script(async_redis_client(), _ADMIT_SCRIPT)
@@ -139,9 +229,7 @@ async def aadmit_publish(
         seq = local_allocator.next_without_reserving(network.id)
         if seq is None:
             seq = await sync_to_async(local_allocator.next)(network.id)
-        local_history.append(network, seq, ts, frame)
-        _broadcast_locally(network.id, seq, ts, frame)
-    return seq
+        return _admit_locally(network, seq, ts, frame)
 
 
 _local_publish_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = (
@@ -160,22 +248,25 @@ def _local_publish_lock(network_id: int) -> asyncio.Lock:
 
 def admit_publish(
     *, network: NetworkInfo, publisher: PublisherKey | None, nbytes: int, frame: str, ts: str
-) -> int:
+) -> Admission:
     """``aadmit_publish`` for sync callers (tasks, commands)."""
     if settings.REDIS_URL:
         keys, args = _script_args(network, publisher, nbytes, frame, ts)
         script = registered_script(redis_client(), _ADMIT_SCRIPT)
         return _result(script(keys=keys, args=args))
     local.take(network, publisher, nbytes)
-    seq = local_allocator.next(network.id)
-    local_history.append(network, seq, ts, frame)
-    _broadcast_locally(network.id, seq, ts, frame)
-    return seq
+    return _admit_locally(network, local_allocator.next(network.id), ts, frame)
 
 
-# (network id, seq, ts, frame, publish time): the embedded mode's stand-in for the PUBLISH
-# of the accounting script; the streaming app's fan-out hub registers itself here.
-LocalReceiver = Callable[[int, int, str, str, float], None]
+def _admit_locally(network: NetworkInfo, seq: int, ts: str, frame: str) -> Admission:
+    epoch = local_history.append(network, seq, ts, frame)
+    _broadcast_locally(network.id, seq, epoch, ts, frame)
+    return Admission(seq=seq, epoch=epoch)
+
+
+# (network id, seq, epoch, ts, frame, publish time): the embedded mode's stand-in for the
+# PUBLISH of the accounting script; the streaming app's fan-out hub registers itself here.
+LocalReceiver = Callable[[int, int, Epoch, str, str, float], None]
 _local_receivers: list[LocalReceiver] = []
 
 
@@ -185,10 +276,10 @@ def add_local_receiver(receiver: LocalReceiver) -> None:
         _local_receivers.append(receiver)
 
 
-def _broadcast_locally(network_id: int, seq: int, ts: str, frame: str) -> None:
+def _broadcast_locally(network_id: int, seq: int, epoch: Epoch, ts: str, frame: str) -> None:
     published_at = time.time()
     for receiver in _local_receivers:
-        receiver(network_id, seq, ts, frame, published_at)
+        receiver(network_id, seq, epoch, ts, frame, published_at)
 
 
 @dataclass
@@ -248,27 +339,51 @@ local = LocalAccounting()
 
 
 class LocalHistory:
-    """The embedded mode's recent messages per network: (seq, ts, frame), oldest first."""
+    """The embedded mode's recent messages per network, oldest first.
+
+    History lives in this process's memory, so each process start is a new epoch: it
+    continues after the last number the previous one reserved (``started_at``).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.entries: dict[int, deque[tuple[int, str, str]]] = {}
+        self.entries: dict[int, deque[HistoryEntry]] = {}
+        self.epochs: dict[int, Epoch] = {}
+        self.epoch_id = _new_epoch_id()
 
-    def append(self, network: NetworkInfo, seq: int, ts: str, frame: str) -> None:
+    def append(self, network: NetworkInfo, seq: int, ts: str, frame: str) -> Epoch:
+        """Keep a message; returns its epoch."""
         with self._lock:
+            epoch = self.epochs.get(network.id)
+            if epoch is None:
+                epoch = self.epochs[network.id] = Epoch(id=self.epoch_id, start=seq - 1)
             entries = self.entries.get(network.id)
             if entries is None or entries.maxlen != network.history_max_messages:
                 entries = deque(entries or (), maxlen=network.history_max_messages)
                 self.entries[network.id] = entries
-            entries.append((seq, ts, frame))
+            entries.append(HistoryEntry(seq, ts, frame, epoch.id))
+            return epoch
+
+    def epoch(self, network_id: int) -> Epoch | None:
+        """The network's epoch in this process; None before its first message here."""
+        with self._lock:
+            return self.epochs.get(network_id)
+
+    def started_at(self, network_id: int, start: int) -> Epoch:
+        """The network's epoch, starting it after ``start`` if it has none yet."""
+        with self._lock:
+            epoch = self.epochs.get(network_id)
+            if epoch is None:
+                epoch = self.epochs[network_id] = Epoch(id=self.epoch_id, start=start)
+            return epoch
 
     def since(
         self, network_id: int, since: int, limit: int, not_before: str = ""
-    ) -> tuple[list, int | None]:
+    ) -> tuple[list[HistoryEntry], int | None]:
         with self._lock:
-            entries = [e for e in self.entries.get(network_id, ()) if e[1] >= not_before]
-        first = entries[0][0] if entries else None
-        return [e for e in entries if e[0] > since][:limit], first
+            entries = [e for e in self.entries.get(network_id, ()) if e.ts >= not_before]
+        first = entries[0].seq if entries else None
+        return [e for e in entries if e.seq > since][:limit], first
 
     def stats(self, network_id: int) -> tuple[int, int]:
         """(last seq kept, messages kept) of one network."""
@@ -279,9 +394,86 @@ class LocalHistory:
     def reset(self) -> None:
         with self._lock:
             self.entries.clear()
+            self.epochs.clear()
+            self.epoch_id = _new_epoch_id()
+
+
+def _new_epoch_id() -> str:
+    # Microseconds since 1970, like the Redis script's ids.
+    return str(time.time_ns() // 1000)
 
 
 local_history = LocalHistory()
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePosition:
+    """Where a listener resuming from (``epoch``, ``since``) continues.
+
+    ``since``: replay what follows this seq. ``reset``: the listener's position is not one of
+    the current numbering (another epoch, or a seq never handed out in it), so ``since`` is
+    where the current epoch starts and the listener must be told (a reset frame).
+    """
+
+    epoch: Epoch
+    since: int
+    newest: int  # the newest seq handed out (0: none yet)
+    reset: bool
+
+
+def resume_position(
+    *, current: Epoch, previous: str, newest: int, since: int, epoch: str | None
+) -> ResumePosition:
+    """Place a listener's (``epoch``, ``since``) in the current numbering (pure)."""
+    in_numbering = since <= newest and (
+        not epoch
+        or epoch == current.id
+        # The previous epoch's numbers up to the current one's start are still the record.
+        or (epoch == previous and since <= current.start)
+    )
+    if in_numbering:
+        return ResumePosition(epoch=current, since=since, newest=newest, reset=False)
+    return ResumePosition(epoch=current, since=current.start, newest=newest, reset=True)
+
+
+async def aresume_position(*, network_id: int, since: int, epoch: str | None) -> ResumePosition:
+    """``resume_position`` against the network's current epoch, making one if it has none
+    (with Redis: the same script step the publish path runs, so both agree)."""
+    if settings.REDIS_URL:
+        keys = [epoch_key(network_id), redis_key("seq", network_id), history_key(network_id)]
+        script = registered_script(async_redis_client(), _EPOCH_SCRIPT)
+        reply = await script(keys=keys, args=[])
+        current = Epoch(id=reply[0].decode(), start=int(reply[1]))
+        previous, newest = reply[2].decode(), int(reply[3])
+    else:
+        current = local_history.epoch(network_id)
+        if current is None:
+            reserved = await adatabase_call(_reserved_seq, network_id)
+            current = local_history.started_at(network_id, reserved)
+        previous = ""  # the previous process's epoch is not known: its history is gone
+        newest = max(local_history.stats(network_id)[0], current.start)
+    return resume_position(
+        current=current, previous=previous, newest=newest, since=min(since, MAX_SEQ), epoch=epoch
+    )
+
+
+def _reserved_seq(network_id: int) -> int:
+    from .models import Network
+
+    reserved = Network.objects.filter(pk=network_id).values_list("seq_reserved", flat=True)
+    return reserved.first() or 0
+
+
+def first_missing_range(*, since: int, oldest: int | None, newest: int) -> tuple[int, int] | None:
+    """The seqs after ``since`` that history no longer holds, (from, to); None if none.
+
+    ``oldest`` is the oldest seq kept (None: nothing kept, so everything up to ``newest``
+    that followed ``since`` is gone).
+    """
+    first_kept = oldest if oldest is not None else newest + 1
+    if first_kept > since + 1:
+        return since + 1, first_kept - 1
+    return None
 
 
 def _not_before(max_age_seconds: int | None) -> str:
@@ -294,7 +486,7 @@ def _not_before(max_age_seconds: int | None) -> str:
 
 async def ahistory_since(
     *, network_id: int, since: int, limit: int = 10_000, max_age_seconds: int | None = None
-) -> tuple[list[tuple[int, str, str]], int | None]:
+) -> tuple[list[HistoryEntry], int | None]:
     """Messages after ``since`` (oldest first, at most ``limit``) and the oldest seq kept.
 
     The history holds at most the network's ``history_max_messages`` (trimmed on write);
@@ -341,8 +533,9 @@ def _entry_seq(entry_id: bytes) -> int:
     return int(entry_id.decode().split("-")[0])
 
 
-def _entry(entry_id: bytes, fields: dict) -> tuple[int, str, str]:
-    return _entry_seq(entry_id), fields[b"t"].decode(), fields[b"f"].decode()
+def _entry(entry_id: bytes, fields: dict) -> HistoryEntry:
+    epoch = fields.get(b"e", b"").decode()
+    return HistoryEntry(_entry_seq(entry_id), fields[b"t"].decode(), fields[b"f"].decode(), epoch)
 
 
 def history_stats(network_ids: list[int]) -> dict[int, tuple[int, int]]:

@@ -34,7 +34,7 @@ from katiedj import metrics
 from katiedj.asgi_responses import send_json as _send_json
 
 from . import key_failures
-from .accounting import MAX_SEQ, ahistory_since, retry_after_header
+from .accounting import MAX_SEQ, ahistory_since, aresume_position, retry_after_header
 from .lookup_cache import adatabase_call
 from .models import KeyScope
 from .selectors import NetworkInfo, anetwork_get_by_slug, apublisher_key_get, is_member
@@ -102,23 +102,25 @@ def _content_length(scope: Scope) -> int | None:
 
 
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+_EPOCH = re.compile(r"[0-9A-Za-z._-]{1,64}")
 _BAD_PAGE = {
     "error": "since and limit must be whole numbers: since from 0 to 9223372036854775807, "
-    "limit up to 1000",
+    "limit up to 1000; epoch an epoch id from an envelope",
     "code": "invalid",
 }
 
 
-def _history_page(scope: Scope) -> tuple[int, int] | None:
-    """(since, limit) from the query string, or None when either is not a plain number."""
+def _history_page(scope: Scope) -> tuple[int, int, str] | None:
+    """(since, limit, epoch) from the query string, or None when one is malformed."""
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     since, limit = query.get("since", ["0"])[0], query.get("limit", ["100"])[0]
+    epoch = query.get("epoch", [""])[0]
     # ASCII digits only: int() would also take " 5", "+5", "1_0" and other scripts' digits.
     if not (_WHOLE_NUMBER.fullmatch(since) and _WHOLE_NUMBER.fullmatch(limit)):
         return None
-    if int(since) > MAX_SEQ:
+    if int(since) > MAX_SEQ or (epoch and not _EPOCH.fullmatch(epoch)):
         return None
-    return int(since), min(1000, max(1, int(limit)))
+    return int(since), min(1000, max(1, int(limit))), epoch
 
 
 async def _reads_private_history(scope: Scope, network: NetworkInfo) -> bool:
@@ -267,7 +269,13 @@ class PublishApp:
         if page is None:
             await _send_json(send, 400, _BAD_PAGE)
             return
-        since, limit = page
+        since, limit, epoch = page
+        position = await aresume_position(network_id=network.id, since=since, epoch=epoch)
+        # A position outside the current numbering pages from where it starts, and says so.
+        since = position.since
+        reset = "null"
+        if position.reset:
+            reset = f'{{"epoch":"{position.epoch.id}","seq":{position.since}}}'
         entries, oldest = await ahistory_since(
             network_id=network.id,
             since=since,
@@ -276,12 +284,19 @@ class PublishApp:
         )
         # The stored frames are JSON already: splice them in rather than parse them again.
         messages = ",".join(
-            envelope_text(seq=seq, ts=ts, network=network.slug, frame=frame)
-            for seq, ts, frame in entries
+            envelope_text(
+                seq=e.seq,
+                epoch=e.epoch or position.epoch.id,
+                ts=e.ts,
+                network=network.slug,
+                frame=e.frame,
+            )
+            for e in entries
         )
-        next_since = entries[-1][0] if entries else since
+        next_since = entries[-1].seq if entries else since
         body = (
-            f'{{"network":{json.dumps(network.slug)},"oldest_seq":{json.dumps(oldest)},'
+            f'{{"network":{json.dumps(network.slug)},"epoch":"{position.epoch.id}",'
+            f'"reset":{reset},"oldest_seq":{json.dumps(oldest)},'
             f'"next_since":{next_since},"messages":[{messages}]}}'
         ).encode()
         await send(

@@ -278,6 +278,7 @@ class PublishedMessage:
     seq: int
     ts: str
     frame: str  # ``data`` serialized once; every listener gets these exact characters
+    epoch: str = ""  # the numbering ``seq`` belongs to (docs/protocol.md, "Epochs")
 
     def receipt(self) -> dict[str, Any]:
         return {"message": "OK", "network": self.network, "seq": self.seq, "ts": self.ts}
@@ -360,9 +361,12 @@ def _server_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def envelope_text(*, seq: int, ts: str, network: str, frame: str) -> str:
+def envelope_text(*, seq: int, epoch: str, ts: str, network: str, frame: str) -> str:
     """The envelope format, built around an already serialized frame."""
-    return f'{{"seq":{seq},"ts":"{ts}","network":{json.dumps(network)},"data":{frame}}}'
+    return (
+        f'{{"seq":{seq},"epoch":"{epoch}","ts":"{ts}","network":{json.dumps(network)},'
+        f'"data":{frame}}}'
+    )
 
 
 async def amessage_publish(
@@ -380,7 +384,7 @@ async def amessage_publish(
     frame = _serialize_data(data)
     ts = _server_timestamp()
     try:
-        seq = await aadmit_publish(
+        admitted = await aadmit_publish(
             network=network,
             publisher=publisher,
             nbytes=nbytes or len(frame.encode()),
@@ -391,14 +395,18 @@ async def amessage_publish(
         raise RateLimitedError(limited.retry_after) from None
     # The accounting script also PUBLISHed it: every server process's listeners get it from
     # their process's fan-out hub (streaming.fanout), in seq order.
-    return PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
+    return PublishedMessage(
+        network=network.slug, seq=admitted.seq, ts=ts, frame=frame, epoch=admitted.epoch.id
+    )
 
 
 def message_publish(*, network: NetworkInfo, data: Any) -> PublishedMessage:
     """``amessage_publish`` for sync callers (tasks, commands): no key, so no rate limit."""
     frame = _serialize_data(data)
     ts = _server_timestamp()
-    seq = admit_publish(
+    admitted = admit_publish(
         network=network, publisher=None, nbytes=len(frame.encode()), frame=frame, ts=ts
     )
-    return PublishedMessage(network=network.slug, seq=seq, ts=ts, frame=frame)
+    return PublishedMessage(
+        network=network.slug, seq=admitted.seq, ts=ts, frame=frame, epoch=admitted.epoch.id
+    )

@@ -25,7 +25,7 @@ from billing.entitlement import (
     read_entitlement_token,
     user_group,
 )
-from networks.accounting import ahistory_since
+from networks.accounting import ahistory_since, aresume_position, first_missing_range
 from networks.lookup_cache import adatabase_call
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
@@ -36,7 +36,7 @@ from .connection_limits import (
     connection_admit,
     connection_release,
 )
-from .fanout import Outbox, gap_event, hub, text_event
+from .fanout import Outbox, gap_event, hub, reset_event, text_event
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ CLOSE_TOO_MANY_CONNECTIONS = 4429  # this person, or this address, holds all it 
 
 # A refusal's close frame says why in its reason (4429 has two).
 BAD_SINCE = "bad request: since must be a sequence number"
+BAD_EPOCH = "bad request: epoch must be an epoch id from an envelope"
 TOO_MANY_FROM_ADDRESS = "too many connections from this address"
 REFUSAL_REASONS = {
     CLOSE_UNAUTHENTICATED: "entitlement token missing or invalid",
@@ -64,6 +65,8 @@ REFUSAL_REASONS = {
 # which takes "²" and other digits int() refuses; nor unbounded (int() refuses over 4,300).
 _SINCE = re.compile(r"[0-9]{1,19}")
 SINCE_MAX = 2**63 - 1
+# Epoch ids are opaque strings (today digits); bounded so a handshake cannot carry a novel.
+EPOCH_PATTERN = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
 # Listeners cannot talk; a few stray frames are ignored, a stream of them is abuse.
 INBOUND_FRAMES_ALLOWED = 20
@@ -121,6 +124,10 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         except ValueError:
             await self._refuse(subprotocol, CLOSE_BAD_REQUEST, BAD_SINCE)
             return
+        epoch = self.query.get("epoch", [""])[0]
+        if epoch and EPOCH_PATTERN.fullmatch(epoch) is None:
+            await self._refuse(subprotocol, CLOSE_BAD_REQUEST, BAD_EPOCH)
+            return
         if not await self._admit_address():
             await self._refuse(subprotocol, CLOSE_TOO_MANY_CONNECTIONS, TOO_MANY_FROM_ADDRESS)
             return
@@ -145,7 +152,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         groups = [user_group(self.user_id)] if self.user_id is not None else []
         await hub.join(network, self.outbox, groups=groups)
         await self.accept(subprotocol)
-        replayed = await self._replay(network, since) if since is not None else None
+        replayed = await self._replay(network, since, epoch) if since is not None else None
         self.outbox.end_replay(last_replayed=replayed)
 
     def _since(self) -> int | None:
@@ -173,21 +180,34 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         self._address_slot = client[0]
         return True
 
-    async def _replay(self, network: NetworkInfo, since: int) -> int:
-        """Send what was published after ``since`` from history, with a gap frame if needed;
-        returns the last seq sent."""
+    async def _replay(self, network: NetworkInfo, since: int, epoch: str) -> int:
+        """Send what was published after (``epoch``, ``since``) from history: a reset frame
+        first if that is no position in the current numbering, a gap frame if history no
+        longer reaches it; returns the last seq sent."""
+        position = await aresume_position(network_id=network.id, since=since, epoch=epoch)
+        if position.reset:
+            await self.base_send(reset_event(epoch=position.epoch.id, seq=position.since))
+        since = position.since
         entries, oldest = await ahistory_since(
             network_id=network.id, since=since, max_age_seconds=network.history_max_age_seconds
         )
-        if oldest is not None and oldest > since + 1:
-            event = gap_event(missed=oldest - since - 1, from_seq=since + 1, to_seq=oldest - 1)
-            await self.base_send(event)
+        missing = first_missing_range(since=since, oldest=oldest, newest=position.newest)
+        if missing is not None:
+            first, last = missing
+            await self.base_send(gap_event(missed=last - first + 1, from_seq=first, to_seq=last))
         last = since
-        for seq, ts, frame in entries:
+        for entry in entries:
+            frame = entry.frame
             if self.outbox.envelope:
-                frame = envelope_text(seq=seq, ts=ts, network=network.slug, frame=frame)
+                frame = envelope_text(
+                    seq=entry.seq,
+                    epoch=entry.epoch or position.epoch.id,
+                    ts=entry.ts,
+                    network=network.slug,
+                    frame=frame,
+                )
             await self.base_send(text_event(frame))
-            last = seq
+            last = entry.seq
         return last
 
     def _too_slow(self) -> None:

@@ -30,7 +30,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from katiedj import metrics
-from networks.accounting import add_local_receiver, ahistory_since, fanout_channel
+from networks.accounting import (
+    Epoch,
+    add_local_receiver,
+    ahistory_since,
+    aresume_position,
+    fanout_channel,
+)
 from networks.models import Backpressure
 from networks.redis_clients import async_redis_client
 from networks.selectors import NetworkInfo
@@ -98,6 +104,17 @@ def text_event(text: str) -> dict[str, Any]:
 def gap_event(*, missed: int, from_seq: int, to_seq: int) -> dict[str, Any]:
     gap = {"type": "gap", "missed": missed, "from_seq": from_seq, "to_seq": to_seq}
     return text_event(json.dumps(gap))
+
+
+def reset_event(*, epoch: str, seq: int) -> dict[str, Any]:
+    """The numbering changed under the listener: everything after ``seq`` of ``epoch``
+    follows; nothing of the old numbering past what it saw will come."""
+    return text_event(json.dumps({"type": "reset", "epoch": epoch, "seq": seq}))
+
+
+# The seq of a backlog entry that is a control frame (a reset or gap frame of the hub's):
+# never conflated or dropped.
+CONTROL = -1
 
 
 class Outbox:
@@ -186,24 +203,34 @@ class Outbox:
             self.pending = task
             task.add_done_callback(self._sent)
 
+    def offer_control(self, event: dict[str, Any]) -> None:
+        """Send a reset or gap frame after whatever is held back; policies never skip it.
+
+        The numbering starts again after it, so live seqs are no longer compared with what a
+        replay sent."""
+        if self.closed:
+            return
+        self.skip_up_to = None
+        if self.pending is None and not self.replaying and not self.backlog:
+            self._send(self.last_seq, event)
+        else:
+            self.backlog.append((CONTROL, event))
+
     def _hold(self, seq: int, event: dict[str, Any]) -> None:
         if self.replaying and len(self.backlog) < REPLAY_BACKLOG_LIMIT:
             self.backlog.append((seq, event))
             return
         if self.policy == Backpressure.CONFLATE:
             if self.backlog:
-                self.backlog.clear()
-                self.conflated += 1
-                metrics.listener_skipped(Backpressure.CONFLATE)
+                kept = [entry for entry in self.backlog if entry[0] == CONTROL]
+                if len(kept) < len(self.backlog):
+                    self.conflated += 1
+                    metrics.listener_skipped(Backpressure.CONFLATE)
+                self.backlog = deque(kept)
             self.backlog.append((seq, event))
         elif self.policy == Backpressure.DROP:
             if len(self.backlog) >= self.buffer:
-                dropped_seq, _ = self.backlog.popleft()
-                if not self.gap_from:
-                    self.gap_from = dropped_seq
-                self.gap_to = dropped_seq
-                self.dropped += 1
-                metrics.listener_skipped(Backpressure.DROP)
+                self._drop_oldest_message()
             self.backlog.append((seq, event))
         elif len(self.backlog) >= self.buffer:
             self.closed = True
@@ -213,6 +240,19 @@ class Outbox:
                 self.on_too_slow()
         else:
             self.backlog.append((seq, event))
+
+    def _drop_oldest_message(self) -> None:
+        for index, (dropped_seq, _) in enumerate(self.backlog):
+            if dropped_seq != CONTROL:
+                del self.backlog[index]
+                break
+        else:
+            return  # only control frames wait: they are never dropped
+        if not self.gap_from:
+            self.gap_from = dropped_seq
+        self.gap_to = dropped_seq
+        self.dropped += 1
+        metrics.listener_skipped(Backpressure.DROP)
 
     # --- Catching up -------------------------------------------------------------------
 
@@ -234,6 +274,9 @@ class Outbox:
                 self._send(self.last_seq, event)
             elif self.backlog:
                 seq, event = self.backlog.popleft()
+                if seq == CONTROL:
+                    self._send(self.last_seq, event)
+                    continue
                 if self.skip_up_to is not None and seq <= self.skip_up_to:
                     continue
                 self._send(seq, event)
@@ -252,14 +295,20 @@ class Outbox:
         self.drain()
 
 
+# A message as the hub receives it: seq, epoch, ts, frame, publish time.
+Message = tuple[int, Epoch, str, str, float]
+
+
 class _NetworkListeners:
-    __slots__ = ("catch_up_to", "outboxes", "slug", "subscribed")
+    __slots__ = ("catch_up_to", "epoch", "held", "outboxes", "slug", "subscribed")
 
     def __init__(self, slug: str) -> None:
         self.slug = slug
         self.outboxes: set[Outbox] = set()
         self.subscribed = asyncio.Event()
         self.catch_up_to: int | None = None
+        self.epoch: str | None = None  # of the last message delivered
+        self.held: list[Message] | None = None  # live messages held while rebasing
 
 
 class _GroupRelay:
@@ -321,6 +370,7 @@ class FanoutHub:
             weakref.WeakKeyDictionary()
         )
         self.relays: dict[str, _GroupRelay] = {}
+        self._rebasing: set[asyncio.Task[None]] = set()  # referenced until done
 
     # --- Joining and leaving -----------------------------------------------------------
 
@@ -408,11 +458,26 @@ class FanoutHub:
 
     # --- Delivering --------------------------------------------------------------------
 
-    def deliver(self, network_id: int, seq: int, ts: str, frame: str, published_at: float) -> None:
+    def deliver(
+        self, network_id: int, seq: int, epoch: Epoch, ts: str, frame: str, published_at: float
+    ) -> None:
         """Hand message ``seq`` to every local listener of the network (event loop thread)."""
         entry = self.networks.get(network_id)
         if entry is None:
             return
+        if entry.held is not None:
+            entry.held.append((seq, epoch, ts, frame, published_at))
+            return
+        if (
+            entry.epoch is not None
+            and epoch.id != entry.epoch
+            and self._last_seq.get(network_id, 0) > epoch.start
+        ):
+            # The numbering went back (a Redis failover or restart lost its tail): what the
+            # listeners saw past epoch.start is not the record any more.
+            self._rebase(network_id, entry, epoch, (seq, epoch, ts, frame, published_at))
+            return
+        entry.epoch = epoch.id
         if entry.catch_up_to is not None:
             if seq <= entry.catch_up_to:
                 return  # already delivered from history after a reconnect
@@ -424,15 +489,63 @@ class FanoutHub:
             if outbox.envelope:
                 if envelope_event is None:
                     envelope_event = text_event(
-                        envelope_text(seq=seq, ts=ts, network=entry.slug, frame=frame)
+                        envelope_text(
+                            seq=seq, epoch=epoch.id, ts=ts, network=entry.slug, frame=frame
+                        )
                     )
                 outbox.offer(seq, envelope_event)
             else:
                 outbox.offer(seq, frame_event)
         metrics.message_fanned_out(len(entry.outboxes), time.time() - published_at)
 
+    def _rebase(
+        self, network_id: int, entry: _NetworkListeners, epoch: Epoch, message: Message | None
+    ) -> None:
+        """Tell the network's listeners the numbering was reset, then send them the new
+        numbering from its start: from history, then the live messages held meanwhile."""
+        logger.warning(
+            "network %s: numbering reset to epoch %s after seq %d (last seen: seq %d)",
+            entry.slug, epoch.id, epoch.start, self._last_seq.get(network_id, 0),
+        )  # fmt: skip
+        entry.held = [message] if message is not None else []
+        entry.catch_up_to = None
+        entry.epoch = epoch.id
+        self._last_seq[network_id] = epoch.start
+        event = reset_event(epoch=epoch.id, seq=epoch.start)
+        for outbox in tuple(entry.outboxes):
+            outbox.offer_control(event)
+        task = asyncio.ensure_future(self._deliver_after_reset(network_id, entry, epoch))
+        self._rebasing.add(task)
+        task.add_done_callback(self._rebasing.discard)
+
+    async def _deliver_after_reset(
+        self, network_id: int, entry: _NetworkListeners, epoch: Epoch
+    ) -> None:
+        try:
+            history, _ = await ahistory_since(network_id=network_id, since=epoch.start)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("reading history after a reset failed (%s)", exc)
+            history = []
+        held, entry.held = entry.held or [], None
+        if self.networks.get(network_id) is not entry:
+            return  # every listener left meanwhile
+        first = history[0].seq if history else held[0][0] if held else epoch.start + 1
+        if first > epoch.start + 1:
+            missed = first - epoch.start - 1
+            gap = gap_event(missed=missed, from_seq=epoch.start + 1, to_seq=first - 1)
+            for outbox in tuple(entry.outboxes):
+                outbox.offer_control(gap)
+        now = time.time()
+        messages: list[Message] = [
+            (e.seq, Epoch(id=e.epoch or epoch.id, start=epoch.start), e.ts, e.frame, now)
+            for e in history
+        ]
+        for message in [*messages, *held]:
+            if message[0] > self._last_seq.get(network_id, 0):
+                self.deliver(network_id, *message)
+
     def deliver_threadsafe(
-        self, network_id: int, seq: int, ts: str, frame: str, published_at: float
+        self, network_id: int, seq: int, epoch: Epoch, ts: str, frame: str, published_at: float
     ) -> None:
         """``deliver`` from any thread (the embedded mode's publishers)."""
         loop = self.loop
@@ -443,9 +556,9 @@ class FanoutHub:
         except RuntimeError:
             running = None
         if running is loop:
-            self.deliver(network_id, seq, ts, frame, published_at)
+            self.deliver(network_id, seq, epoch, ts, frame, published_at)
         else:
-            loop.call_soon_threadsafe(self.deliver, network_id, seq, ts, frame, published_at)
+            loop.call_soon_threadsafe(self.deliver, network_id, seq, epoch, ts, frame, published_at)
 
     # --- The Redis subscription --------------------------------------------------------
 
@@ -490,13 +603,20 @@ class FanoutHub:
         # Whatever was published while we were away is in the history.
         for network_id, last in list(self._last_seq.items()):
             entry = self.networks.get(network_id)
-            if entry is None:
+            if entry is None or entry.held is not None:
+                continue
+            # The question a resuming listener asks: is the last seq seen still a position in
+            # the numbering (a Redis that restarted or failed over may have lost its tail)?
+            position = await aresume_position(network_id=network_id, since=last, epoch=entry.epoch)
+            if position.reset:
+                self._rebase(network_id, entry, position.epoch, None)
                 continue
             entries, _ = await ahistory_since(network_id=network_id, since=last)
-            for seq, ts, frame in entries:
-                self.deliver(network_id, seq, ts, frame, time.time())
-            if entries:
-                entry.catch_up_to = entries[-1][0]
+            for e in entries:
+                epoch = Epoch(id=e.epoch or position.epoch.id, start=position.epoch.start)
+                self.deliver(network_id, e.seq, epoch, e.ts, e.frame, time.time())
+            if entries and entry.held is None:
+                entry.catch_up_to = entries[-1].seq
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -508,8 +628,9 @@ class FanoutHub:
         kind = message["type"]
         if kind == "message":
             network_id = int(message["channel"].rsplit(b":", 1)[1])
-            seq, ts, published_at, frame = message["data"].decode().split("\n", 3)
-            self.deliver(network_id, int(seq), ts, frame, float(published_at))
+            seq, epoch, start, ts, published_at, frame = message["data"].decode().split("\n", 5)
+            epoch_info = Epoch(id=epoch, start=int(start))
+            self.deliver(network_id, int(seq), epoch_info, ts, frame, float(published_at))
         elif kind == "subscribe":
             network_id = int(message["channel"].rsplit(b":", 1)[1])
             entry = self.networks.get(network_id)

@@ -14,11 +14,13 @@ import os
 import pytest
 
 from katiedj import metrics
+from networks.accounting import Epoch
 from networks.models import Backpressure
 from networks.selectors import NetworkInfo
 from streaming.fanout import FanoutHub, Outbox, start_eagerly
 
 CONFLATE, DROP, DISCONNECT = Backpressure.CONFLATE, Backpressure.DROP, Backpressure.DISCONNECT
+EPOCH = Epoch(id="1000", start=0)
 
 
 class Socket:
@@ -173,6 +175,44 @@ async def test_live_messages_wait_for_the_replay_and_skip_what_it_sent():
     assert socket.seqs() == [7]
 
 
+def control(kind: str = "reset") -> dict:
+    return {"type": "websocket.send", "text": json.dumps({"type": kind})}
+
+
+def kinds(socket: Socket) -> list:
+    """Each frame's seq, or its type for a control frame."""
+    return [json.loads(f).get("seq", json.loads(f).get("type")) for f in socket.frames]
+
+
+@pytest.mark.parametrize("policy", [CONFLATE, DROP])
+async def test_a_reset_frame_is_never_skipped_by_a_lagging_listeners_policy(policy):
+    socket = Socket()
+    outbox = Outbox(send=socket.send, policy=policy, buffer=2)
+    outbox.offer(1, message(1))
+    socket.stall()
+    for seq in range(2, 6):
+        outbox.offer(seq, message(seq))
+    outbox.offer_control(control())
+    for seq in range(3, 9):  # the new numbering, held behind the reset
+        outbox.offer(seq, message(seq))
+    socket.resume()
+    await settle()
+    received = kinds(socket)
+    assert "reset" in received
+    after_reset = received[received.index("reset") + 1 :]
+    assert after_reset and after_reset[-1] == 8  # the newest of the new numbering arrives
+
+
+async def test_after_a_reset_live_seqs_are_not_skipped_as_already_replayed():
+    socket = Socket()
+    outbox = Outbox(send=socket.send)
+    outbox.begin_replay()
+    outbox.end_replay(last_replayed=10)  # the replay reached 10 of the old numbering
+    outbox.offer_control(control())
+    outbox.offer(3, message(3))  # the new numbering's 3 is news, not a duplicate
+    assert kinds(socket) == ["reset", 3]
+
+
 def network(network_id: int = 1) -> NetworkInfo:
     return NetworkInfo(id=network_id, slug=f"net-{network_id}", organization_id=1, is_public=True)
 
@@ -186,7 +226,7 @@ async def test_one_stalled_listener_does_not_hold_up_the_others(settings):
     await hub.join(network(), stalled_box)
     stalled.stall()
     for seq in range(1, 51):
-        hub.deliver(1, seq, "2026-11-27T00:00:00Z", json.dumps({"seq": seq}), 0.0)
+        hub.deliver(1, seq, EPOCH, "2026-11-27T00:00:00Z", json.dumps({"seq": seq}), 0.0)
     assert fast.seqs() == list(range(1, 51))
     assert stalled.frames == [] and len(stalled_box.backlog) == 2
     stalled.resume()
@@ -205,10 +245,11 @@ async def test_the_envelope_is_built_once_per_message_for_all_who_asked(settings
     boxes.append(Outbox(send=second.send, envelope=True))
     for box in boxes:
         await hub.join(network(), box)
-    hub.deliver(1, 7, "2026-11-27T00:00:00.000001Z", '{"v":1}', 0.0)
+    hub.deliver(1, 7, EPOCH, "2026-11-27T00:00:00.000001Z", '{"v":1}', 0.0)
     assert bare.frames == ['{"v":1}']
     envelope = json.loads(first.frames[0])
     assert envelope["seq"] == 7 and envelope["network"] == "net-1"
+    assert envelope["epoch"] == "1000"
     assert envelope["ts"] == "2026-11-27T00:00:00.000001Z" and envelope["data"] == {"v": 1}
     assert first.frames[0] is second.frames[0]  # the same string object: encoded once
 
@@ -223,7 +264,7 @@ async def test_leaving_ends_delivery_and_the_counts_follow(settings):
     assert hub.listener_counts() == {3: 1}
     assert metrics.current.connections[3] == 1
     await hub.leave(3, box)
-    hub.deliver(3, 1, "2026-11-27T00:00:00Z", "{}", 0.0)
+    hub.deliver(3, 1, EPOCH, "2026-11-27T00:00:00Z", "{}", 0.0)
     assert socket.frames == []
     assert hub.listener_counts() == {}
     assert metrics.current.connections[3] == 0
@@ -305,3 +346,52 @@ async def test_group_events_reach_listeners_through_the_hub_which_forgets_empty_
     # Nothing left behind (earlier tests may leave communicators open: compare with before).
     assert (set(hub.relays), set(hub.networks)) == before
     await sync_to_async(connections.close_all)()
+
+
+def envelopes(socket: Socket) -> list[dict]:
+    return [json.loads(f) for f in socket.frames]
+
+
+async def test_a_numbering_that_goes_back_is_announced_to_connected_listeners(settings):
+    """A failover to a replica that had seen up to seq 3 while listeners saw 5."""
+    settings.REDIS_URL = ""
+    hub = FanoutHub()
+    socket = Socket()
+    box = Outbox(send=socket.send, envelope=True)
+    await hub.join(network(), box)
+    old = Epoch(id="1000", start=0)
+    for seq in range(1, 6):
+        hub.deliver(1, seq, old, "2026-11-27T00:00:00Z", "{}", 0.0)
+    new = Epoch(id="2000", start=3)
+    hub.deliver(1, 4, new, "2026-11-27T00:00:01Z", '{"after":"reset"}', 0.0)
+    for _ in range(50):
+        if len(socket.frames) >= 7:
+            break
+        await asyncio.sleep(0.01)
+    frames = envelopes(socket)
+    assert [f.get("seq") for f in frames[:5]] == [1, 2, 3, 4, 5]
+    assert frames[5] == {"type": "reset", "epoch": "2000", "seq": 3}
+    assert (frames[6]["seq"], frames[6]["epoch"], frames[6]["data"]) == (
+        4,
+        "2000",
+        {"after": "reset"},
+    )
+    hub.deliver(1, 5, new, "2026-11-27T00:00:02Z", "{}", 0.0)  # not a duplicate any more
+    assert envelopes(socket)[-1]["seq"] == 5 and envelopes(socket)[-1]["epoch"] == "2000"
+    await hub.leave(1, box)
+
+
+async def test_a_new_epoch_that_continues_where_listeners_are_needs_no_reset(settings):
+    """A Redis restart with its append-only file: a new epoch, nothing lost."""
+    settings.REDIS_URL = ""
+    hub = FanoutHub()
+    socket = Socket()
+    box = Outbox(send=socket.send, envelope=True)
+    await hub.join(network(), box)
+    for seq in range(1, 4):
+        hub.deliver(1, seq, Epoch(id="1000", start=0), "2026-11-27T00:00:00Z", "{}", 0.0)
+    hub.deliver(1, 4, Epoch(id="2000", start=3), "2026-11-27T00:00:00Z", "{}", 0.0)
+    frames = envelopes(socket)
+    assert [f.get("seq") for f in frames] == [1, 2, 3, 4]
+    assert frames[-1]["epoch"] == "2000"
+    await hub.leave(1, box)

@@ -212,6 +212,10 @@ async def test_a_bad_since_on_a_paid_network_takes_no_slot_of_the_person(paid, s
 async def test_since_takes_up_to_19_ascii_digits_within_int64(free, since):
     communicator = listener(f"/ws/networks/free-net/?format=envelope&since={since}")
     assert (await communicator.connect(timeout=3))[0]
+    if int(since):
+        # Nothing was published: a since past the newest seq is reset, not refused.
+        reset = await communicator.receive_json_from(timeout=3)
+        assert (reset["type"], reset["seq"]) == ("reset", 0)
     assert await communicator.receive_nothing(timeout=0.2)  # not closed
     await communicator.disconnect(timeout=3)
     await assert_released(free)
