@@ -25,6 +25,38 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+_ENVELOPE = {
+    "type": "object",
+    "properties": {
+        "seq": {"type": "integer"},
+        "epoch": {"type": "string"},
+        "ts": {"type": "string", "format": "date-time"},
+        "network": {"type": "string"},
+        "data": {"type": "object"},
+    },
+    "required": ["seq", "epoch", "ts", "network", "data"],
+}
+_HISTORY_PAGE = {
+    "type": "object",
+    "properties": {
+        "network": {"type": "string"},
+        "epoch": {"type": "string", "description": "The current numbering's epoch"},
+        "reset": {
+            "type": "object",
+            "nullable": True,
+            "description": "Set when (epoch, since) was no position in the current numbering: "
+            "messages then follow `seq` of `epoch`, and the old numbering's rest is gone",
+            "properties": {"epoch": {"type": "string"}, "seq": {"type": "integer"}},
+            "required": ["epoch", "seq"],
+        },
+        "oldest_seq": {"type": "integer", "nullable": True},
+        "next_since": {"type": "integer"},
+        "messages": {"type": "array", "items": _ENVELOPE},
+    },
+    "required": ["network", "epoch", "reset", "oldest_seq", "next_since", "messages"],
+}
+
+
 def _translate(exc: Exception) -> Exception:
     # Services raise plain domain errors; the API decides their HTTP meaning here, once.
     if isinstance(exc, (NotFound, ObjectDoesNotExist)):
@@ -211,14 +243,22 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                     "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                 },
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
+                {
+                    "name": "epoch",
+                    "in": "query",
+                    "description": "The epoch of the envelope `since` came from: a position "
+                    "outside the current numbering is reset (see `reset`)",
+                    "schema": {"type": "string", "pattern": "^[0-9A-Za-z._-]{1,64}$"},
+                },
             ],
             "responses": {
                 "200": {
                     "description": "Messages after `since`, in the envelope format",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "content": {"application/json": {"schema": _HISTORY_PAGE}},
                 },
                 "400": {
-                    "description": "since or limit is not a plain whole number",
+                    "description": "since or limit is not a plain whole number, or epoch not "
+                    "an epoch id",
                     "content": {"application/json": {"schema": error}},
                 },
                 "404": {

@@ -76,6 +76,15 @@ INBOUND_WINDOW_SECONDS = 10.0
 SUBPROTOCOL = "katiedj"
 
 
+def history_headers(network: NetworkInfo) -> list[tuple[bytes, bytes]]:
+    """What the network's history keeps, told in the handshake response: a client that knows
+    its message rate keeps its reconnect backoff shorter than the history it resumes from."""
+    return [
+        (b"katiedj-history-messages", str(network.history_max_messages).encode()),
+        (b"katiedj-history-seconds", str(network.history_max_age_seconds or 0).encode()),
+    ]
+
+
 class NetworkListenerConsumer(AsyncWebsocketConsumer):
     """One listener of one network.
 
@@ -151,7 +160,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         self.outbox.begin_replay()
         groups = [user_group(self.user_id)] if self.user_id is not None else []
         await hub.join(network, self.outbox, groups=groups)
-        await self.accept(subprotocol)
+        await self.accept(subprotocol, headers=history_headers(network))
         replayed = await self._replay(network, since, epoch) if since is not None else None
         self.outbox.end_replay(last_replayed=replayed)
 

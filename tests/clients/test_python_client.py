@@ -671,3 +671,51 @@ async def test_cli_unwritable_output_exits_1(tmp_path: Path) -> None:
     assert (code, out) == (1, "")
     assert err.startswith("katiedj-listen: cannot open ")
     assert len(err.splitlines()) == 1
+
+
+# -- resuming across a reset numbering --------------------------------------------------------
+
+
+async def test_resume_follows_a_reset_and_reconnects_from_the_new_numbering() -> None:
+    paths: list[str] = []
+
+    def record(connection: ServerConnection, request: Request, nth: int) -> Response | None:
+        paths.append(request.path)
+        return None
+
+    async def stream(ws: ServerConnection, nth: int) -> None:
+        if nth == 1:
+            await ws.send(dumps({"seq": 7, "epoch": "100", "ts": "t", "data": {"n": 7}}))
+            # A Redis failover lost seqs past 5: the server says so, then the new numbering.
+            await ws.send(dumps({"type": "reset", "epoch": "200", "seq": 5}))
+            await ws.send(dumps({"seq": 6, "epoch": "200", "ts": "t", "data": {"n": 60}}))
+            await ws.close(1012, "restarting")
+
+    srv = BroadcastServer(on_request=record, on_connect=stream)
+    await srv.start()
+    try:
+        async with asyncio.timeout(TIMEOUT), Listener(srv.url(), resume=True, **FAST) as listener:
+            received: list[Any] = []
+            consumer = asyncio.create_task(listener.run(received.append))
+            await until(lambda: len(paths) == 2)
+            listener.stop()
+            await consumer
+            assert received == [{"n": 7}, {"n": 60}]
+            assert (listener.resets, listener.last_seq, listener.last_epoch) == (1, 6, "200")
+    finally:
+        await srv.stop()
+    assert paths[0].endswith("?format=envelope")
+    assert paths[1].endswith("?format=envelope&since=6&epoch=200")
+
+
+def test_the_backoff_stays_inside_the_history_the_listener_resumes_from() -> None:
+    listener = Listener("ws://127.0.0.1:9/ws/networks/x/", resume=True, max_backoff=30.0)
+    assert listener.backoff_ceiling() == 30.0  # nothing known about the history yet
+    listener.history_messages = 100
+    listener._rate._rate = 100.0  # 100 messages a second: the history spans 1 s
+    assert listener.backoff_ceiling() == pytest.approx(0.5)  # min_backoff: never lower
+    listener.history_messages = 10_000  # spans 100 s: a quarter of it
+    assert listener.backoff_ceiling() == pytest.approx(25.0)
+    listener.history_seconds = 60.0  # but messages older than a minute are gone
+    assert listener.backoff_ceiling() == pytest.approx(15.0)
+    assert Listener("ws://127.0.0.1:9/x", max_backoff=30.0).backoff_ceiling() == 30.0

@@ -80,6 +80,27 @@ def backoff_delays(
         ceiling = min(max_backoff, ceiling * 2)
 
 
+class _RateMeter:
+    """Messages per second, smoothed over about the last minute."""
+
+    WINDOW_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._rate = 0.0
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._last is not None:
+            elapsed = max(now - self._last, 1e-6)
+            weight = min(1.0, elapsed / self.WINDOW_SECONDS)
+            self._rate += weight * (1.0 / elapsed - self._rate)
+        self._last = now
+
+    def per_second(self) -> float:
+        return self._rate
+
+
 class _Stopped(Exception):
     """Internal signal: stop() was called while waiting."""
 
@@ -121,7 +142,16 @@ class Listener:
         # reconnect with ?since= so nothing published while disconnected is missed.
         self.resume = resume
         self.last_seq: int | None = None
+        self.last_epoch: str | None = None  # the numbering last_seq belongs to
         self.missed = 0  # messages the server's history no longer had (gap frames)
+        # Times the server said the numbering was reset (a Redis restart or failover lost
+        # what this listener had seen): messages of the old numbering past last_seq are gone.
+        self.resets = 0
+        # What the network's history keeps (handshake headers) and the rate messages arrive
+        # at: reconnecting later than the history reaches back would lose messages.
+        self.history_messages: int | None = None
+        self.history_seconds: float | None = None
+        self._rate = _RateMeter()
 
         self.reconnects = 0
         self._connections = 0
@@ -248,7 +278,7 @@ class Listener:
                                 return
                 if self._stop_requested:
                     return
-                delay = next(delays)
+                delay = min(next(delays), self.backoff_ceiling())
                 logger.info("reconnecting to %s in %.2fs", self.url, delay)
                 await asyncio.wait({stopper}, timeout=delay)
         finally:
@@ -277,6 +307,7 @@ class Listener:
     ) -> AsyncGenerator[Any, None]:
         """Yield parsed messages from one connection until it drops or stop() is called."""
         self._ws = ws
+        self._read_history_headers(ws)
         self._connections += 1
         if self._connections > 1:
             self.reconnects += 1
@@ -316,24 +347,58 @@ class Listener:
                         logger.warning("%s: %s message(s) no longer in history", self.url,
                                        message.get("missed"))  # fmt: skip
                         continue
+                    if message.get("type") == "reset" and "data" not in message:
+                        self.resets += 1
+                        self.last_seq = int(message["seq"])
+                        self.last_epoch = str(message["epoch"])
+                        logger.warning("%s: the numbering was reset (epoch %s, after seq %s)",
+                                       self.url, message["epoch"], message["seq"])  # fmt: skip
+                        continue
                     if "seq" in message and "data" in message:
                         self.last_seq = int(message["seq"])
+                        self.last_epoch = message.get("epoch") or self.last_epoch
+                        self._rate.tick()
                         message = message["data"]
                 yield message
         finally:
             self._ws = None
             await ws.close()
 
+    def backoff_ceiling(self) -> float:
+        """The longest reconnect delay that still resumes inside the network's history: a
+        quarter of the time the history spans at the rate messages arrived, never below
+        ``min_backoff`` nor above ``max_backoff``."""
+        if not self.resume:
+            return self.max_backoff
+        spans = []
+        rate = self._rate.per_second()
+        if self.history_messages and rate:
+            spans.append(self.history_messages / rate)
+        if self.history_seconds:
+            spans.append(self.history_seconds)
+        if not spans:
+            return self.max_backoff
+        return max(self.min_backoff, min(self.max_backoff, min(spans) / 4))
+
     def _connect_url(self) -> str:
         if not self.resume:
             return self.url
         parts = urllib.parse.urlsplit(self.url)
         query = urllib.parse.parse_qsl(parts.query)
-        query = [(k, v) for k, v in query if k not in ("format", "since")]
+        query = [(k, v) for k, v in query if k not in ("format", "since", "epoch")]
         query.append(("format", "envelope"))
         if self.last_seq is not None:
             query.append(("since", str(self.last_seq)))
+            if self.last_epoch:
+                query.append(("epoch", self.last_epoch))
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    def _read_history_headers(self, ws: ClientConnection) -> None:
+        headers = ws.response.headers if ws.response is not None else {}
+        with contextlib.suppress(TypeError, ValueError):
+            self.history_messages = int(headers.get("KatieDJ-History-Messages", ""))
+        with contextlib.suppress(TypeError, ValueError):
+            self.history_seconds = float(headers.get("KatieDJ-History-Seconds", "")) or None
 
     async def _entitlement_token(self) -> str:
         """A cached entitlement token with at least a minute left, else a freshly minted one."""

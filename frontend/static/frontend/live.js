@@ -49,6 +49,7 @@ function Connection(root, view) {
   const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
   let socket = null;
   let lastSeq = null;
+  let lastEpoch = null; // the numbering lastSeq belongs to (a reset frame moves it)
   let attempt = 0;
   let authFailures = 0;
   let token = null;
@@ -99,6 +100,7 @@ function Connection(root, view) {
     }
     const params = new URLSearchParams({ format: "envelope" });
     if (lastSeq !== null) params.set("since", String(lastSeq));
+    if (lastSeq !== null && lastEpoch) params.set("epoch", lastEpoch);
     const url = `${wsBase}/ws/networks/${encodeURIComponent(slug)}/?${params}`;
     try {
       socket = protocols ? new WebSocket(url, protocols) : new WebSocket(url);
@@ -122,9 +124,18 @@ function Connection(root, view) {
       view.gap(frame);
       return;
     }
+    if (frame && frame.type === "reset" && !("data" in frame)) {
+      // The numbering restarted (the server lost what followed our last message): continue
+      // from where the new one starts; its seqs may be lower than those already shown.
+      lastSeq = frame.seq;
+      lastEpoch = frame.epoch;
+      view.reset(frame);
+      return;
+    }
     if (!frame || typeof frame.seq !== "number" || !("data" in frame)) return;
     if (lastSeq !== null && frame.seq <= lastSeq) return; // already shown (a replay overlap)
     lastSeq = frame.seq;
+    if (frame.epoch) lastEpoch = frame.epoch;
     authFailures = 0;
     view.message(frame.seq, frame.ts, frame.data, rawData(text));
   }
@@ -282,6 +293,15 @@ function LiveView(root, topology) {
     item.setAttribute("role", "note");
     // Honest about both causes: dropped from the history, or numbers a restart never used.
     item.textContent = `Gap: seq ${frame.from_seq}–${frame.to_seq} (${frame.missed}) is not in the history — published while you were away and no longer kept, or skipped by a server restart.`;
+    list.prepend(item);
+    empty.hidden = true;
+  };
+
+  this.reset = (frame) => {
+    const item = document.createElement("li");
+    item.className = "live-gap";
+    item.setAttribute("role", "note");
+    item.textContent = `Numbering restarted after seq ${frame.seq}: the server lost messages it had sent after that (a storage restart or failover). New messages follow.`;
     list.prepend(item);
     empty.hidden = true;
   };
