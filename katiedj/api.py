@@ -300,6 +300,7 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                                     "message": {"type": "string"},
                                     "network": {"type": "string"},
                                     "seq": {"type": "integer"},
+                                    "epoch": {"type": "string"},
                                     "ts": {"type": "string", "format": "date-time"},
                                 },
                             }

@@ -25,17 +25,18 @@ from urllib.parse import parse_qs
 import redis
 from django.conf import settings
 from django.contrib.auth import get_user
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 
 from accounts.selectors import personal_token_user
 from accounts.tokens import PERSONAL_TOKEN
-from katiedj import metrics
+from katiedj import metrics, outages
 from katiedj.asgi_responses import send_json as _send_json
 
 from . import key_failures
 from .accounting import MAX_SEQ, ahistory_since, aresume_position, retry_after_header
-from .lookup_cache import adatabase_call
+from .lookup_cache import DatabaseUnavailable, adatabase_call
 from .models import KeyScope
 from .selectors import NetworkInfo, anetwork_get_by_slug, apublisher_key_get, is_member
 from .services import (
@@ -177,6 +178,21 @@ def _person_is_member(
     return is_member(user_id=user_id, organization_id=organization_id)
 
 
+# What a request cannot be served without: Redis (channel layer, cache, counters) or the
+# database (down, refusing, or past its bounded wait). Either way the documented 503.
+_SERVICE_DOWN = (redis.RedisError, OSError, DatabaseUnavailable, OperationalError, InterfaceError)
+
+
+async def _send_unavailable(send: Any, error: Exception) -> int:
+    """503 with Retry-After: nothing was published, the client should retry shortly. One log
+    line per outage (``katiedj.outages``), not a traceback per request; no key is logged."""
+    down = outages.REDIS if isinstance(error, (redis.RedisError, OSError)) else outages.DATABASE
+    outages.note_outage(down, error)
+    body = {"error": "Service unavailable, retry shortly", "code": "unavailable"}
+    await _send_json(send, 503, body, [(b"retry-after", b"1")])
+    return 503
+
+
 class PublishApp:
     """ASGI app for the publish routes; anything else must not be routed here."""
 
@@ -184,7 +200,19 @@ class PublishApp:
         route = route_publish(scope["path"])
         assert route is not None, "route only publish paths here"  # noqa: S101
         if route.rest and scope["method"] == "GET":
-            await self._history(scope, send, route)
+            started = False
+
+            async def tracked_send(message: dict[str, Any]) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self._history(scope, tracked_send, route)
+            except _SERVICE_DOWN as error:
+                if started:
+                    raise
+                await _send_unavailable(send, error)
             return
         if scope["method"] != "POST":
             error = {"error": "Method not allowed: use POST"}
@@ -229,18 +257,11 @@ class PublishApp:
             return await self._send_error(send, route, error)
         except ClientDisconnected:
             return 0
-        except (redis.RedisError, OSError):
-            # Nothing was fanned out; the generator should retry. The key is never logged.
-            logger.exception("publish failed: the channel layer or cache is unreachable")
-            await _send_json(
-                send,
-                503,
-                {"error": "Service unavailable, retry shortly", "code": "unavailable"},
-                [(b"retry-after", b"1")],
-            )
-            return 503
+        except _SERVICE_DOWN as error:
+            return await _send_unavailable(send, error)  # nothing was fanned out
+        outages.note_recovered(outages.REDIS)
         status = 201 if route.rest else 200
-        await _send_json(send, status, message.receipt())
+        await _send_json(send, status, message.receipt(with_epoch=route.rest))
         return status
 
     @staticmethod

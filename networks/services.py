@@ -280,8 +280,12 @@ class PublishedMessage:
     frame: str  # ``data`` serialized once; every listener gets these exact characters
     epoch: str = ""  # the numbering ``seq`` belongs to (docs/protocol.md, "Epochs")
 
-    def receipt(self) -> dict[str, Any]:
-        return {"message": "OK", "network": self.network, "seq": self.seq, "ts": self.ts}
+    def receipt(self, *, with_epoch: bool = False) -> dict[str, Any]:
+        """The publish answer; the legacy path's stays byte for byte the original one."""
+        receipt = {"message": "OK", "network": self.network, "seq": self.seq, "ts": self.ts}
+        if with_epoch:
+            receipt["epoch"] = self.epoch
+        return receipt
 
 
 class PayloadTooLarge(Exception):

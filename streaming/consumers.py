@@ -26,7 +26,7 @@ from billing.entitlement import (
     user_group,
 )
 from networks.accounting import ahistory_since, aresume_position, first_missing_range
-from networks.lookup_cache import adatabase_call
+from networks.lookup_cache import DatabaseUnavailable, adatabase_call
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
 
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 # Documented close codes (docs/protocol.md).
 CLOSE_POLICY_VIOLATION = 1008  # the listener talked too much
+CLOSE_TRY_AGAIN_LATER = 1013  # the database did not answer the handshake's lookup in time
 CLOSE_BAD_REQUEST = 4400  # the handshake asks for what cannot be (a ?since= that is no seq)
 CLOSE_UNAUTHENTICATED = 4401  # paid network: no token, or not one of ours
 CLOSE_NOT_ENTITLED = 4403  # the token's owner may not hear this network (any more)
@@ -59,6 +60,7 @@ REFUSAL_REASONS = {
     CLOSE_NOT_ENTITLED: "not entitled to this network",
     CLOSE_TOKEN_EXPIRED: "entitlement token expired or voided: get a fresh one",
     CLOSE_TOO_MANY_CONNECTIONS: "too many connections of this person to this network",
+    CLOSE_TRY_AGAIN_LATER: "service unavailable, retry shortly",
 }
 
 # ?since= is a sequence number: an int64 (Redis INCR) in ASCII digits. Not str.isdigit(),
@@ -121,7 +123,12 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        network = await anetwork_get_by_slug(slug=slug)
+        try:
+            network = await anetwork_get_by_slug(slug=slug)
+        except DatabaseUnavailable:
+            # Not a 403: the network may well exist. The client retries with its backoff.
+            await self._try_again_later()
+            return
         if network is None or network.archived:
             await self.close()  # before accept: the server answers HTTP 403
             return
@@ -179,6 +186,12 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         await self.close(code=code, reason=reason)
         await self._release()  # now: the client may take its time to answer the close
 
+    async def _try_again_later(self) -> None:
+        """Close the handshake with 1013 (a bounded wait for the database ran out, or it
+        refused): a cached network would have been served, this one needs the database."""
+        offered = SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", []) else None
+        await self._refuse(offered, CLOSE_TRY_AGAIN_LATER, REFUSAL_REASONS[CLOSE_TRY_AGAIN_LATER])
+
     async def _admit_address(self) -> bool:
         """Take a slot of the client's address; False when the address holds them all."""
         client = self.scope.get("client")
@@ -196,6 +209,7 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         position = await aresume_position(network_id=network.id, since=since, epoch=epoch)
         if position.reset:
             await self.base_send(reset_event(epoch=position.epoch.id, seq=position.since))
+        self.outbox.epoch = position.epoch.id
         since = position.since
         entries, oldest = await ahistory_since(
             network_id=network.id, since=since, max_age_seconds=network.history_max_age_seconds
@@ -249,7 +263,10 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             return CLOSE_UNAUTHENTICATED
         if PERSONAL_TOKEN.claims(raw):
             # Scripts may present a personal token; exchanging it costs a database query.
-            raw = await adatabase_call(exchange_personal_token, raw)
+            try:
+                raw = await adatabase_call(exchange_personal_token, raw)
+            except DatabaseUnavailable:
+                return CLOSE_TRY_AGAIN_LATER
             if raw is None:
                 return CLOSE_UNAUTHENTICATED
         try:
@@ -258,7 +275,10 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
             return CLOSE_TOKEN_EXPIRED
         except TokenInvalid:
             return CLOSE_UNAUTHENTICATED
-        epoch = await aentitlement_epoch(token.user_id)
+        try:
+            epoch = await aentitlement_epoch(token.user_id)
+        except DatabaseUnavailable:
+            return CLOSE_TRY_AGAIN_LATER
         if epoch is None:
             return CLOSE_UNAUTHENTICATED
         if epoch != token.epoch:

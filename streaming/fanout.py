@@ -139,6 +139,7 @@ class Outbox:
         "delivered",
         "dropped",
         "envelope",
+        "epoch",
         "gap_from",
         "gap_to",
         "groups",
@@ -177,6 +178,9 @@ class Outbox:
         self.gap_from = self.gap_to = 0  # seqs dropped and not yet reported
         self.closed = False
         self.delivered = self.dropped = self.conflated = 0
+        # The epoch a ?since= replay placed the listener in: a hub that learns of a reset
+        # to that epoch later has nothing to tell it.
+        self.epoch: str | None = None
 
     # --- The hot path ------------------------------------------------------------------
 
@@ -512,14 +516,15 @@ class FanoutHub:
         entry.epoch = epoch.id
         self._last_seq[network_id] = epoch.start
         event = reset_event(epoch=epoch.id, seq=epoch.start)
-        for outbox in tuple(entry.outboxes):
+        told = [outbox for outbox in entry.outboxes if outbox.epoch != epoch.id]
+        for outbox in told:
             outbox.offer_control(event)
-        task = asyncio.ensure_future(self._deliver_after_reset(network_id, entry, epoch))
+        task = asyncio.ensure_future(self._deliver_after_reset(network_id, entry, epoch, told))
         self._rebasing.add(task)
         task.add_done_callback(self._rebasing.discard)
 
     async def _deliver_after_reset(
-        self, network_id: int, entry: _NetworkListeners, epoch: Epoch
+        self, network_id: int, entry: _NetworkListeners, epoch: Epoch, told: list[Outbox]
     ) -> None:
         try:
             history, _ = await ahistory_since(network_id=network_id, since=epoch.start)
@@ -533,7 +538,7 @@ class FanoutHub:
         if first > epoch.start + 1:
             missed = first - epoch.start - 1
             gap = gap_event(missed=missed, from_seq=epoch.start + 1, to_seq=first - 1)
-            for outbox in tuple(entry.outboxes):
+            for outbox in told:
                 outbox.offer_control(gap)
         now = time.time()
         messages: list[Message] = [

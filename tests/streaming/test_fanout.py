@@ -395,3 +395,28 @@ async def test_a_new_epoch_that_continues_where_listeners_are_needs_no_reset(set
     assert [f.get("seq") for f in frames] == [1, 2, 3, 4]
     assert frames[-1]["epoch"] == "2000"
     await hub.leave(1, box)
+
+
+async def test_a_listener_that_resumed_into_the_new_epoch_is_not_reset_again(settings):
+    """It connected after the numbering went back, before its server process noticed."""
+    settings.REDIS_URL = ""
+    hub = FanoutHub()
+    old_socket, new_socket = Socket(), Socket()
+    old_box = Outbox(send=old_socket.send, envelope=True)
+    new_box = Outbox(send=new_socket.send, envelope=True)
+    await hub.join(network(), old_box)
+    for seq in range(1, 6):
+        hub.deliver(1, seq, Epoch(id="1000", start=0), "2026-11-27T00:00:00Z", "{}", 0.0)
+    await hub.join(network(), new_box)
+    new_box.begin_replay()
+    new_box.epoch = "2000"  # its ?since= replay already placed it in the new numbering
+    new_box.end_replay(last_replayed=4)
+    hub.deliver(1, 5, Epoch(id="2000", start=3), "2026-11-27T00:00:01Z", "{}", 0.0)
+    for _ in range(50):
+        if len(old_socket.frames) >= 7:
+            break
+        await asyncio.sleep(0.01)
+    assert envelopes(old_socket)[5]["type"] == "reset"
+    assert [(f["seq"], f["epoch"]) for f in envelopes(new_socket)] == [(5, "2000")]
+    await hub.leave(1, old_box)
+    await hub.leave(1, new_box)
