@@ -89,6 +89,9 @@ async def test_a_resuming_client_gets_what_was_published_while_it_was_away(stack
             assert await asyncio.to_thread(publish, 4, 1) == 200
             assert await heard.get() == {"i": 4}
         assert listener.missed == 0 and heard.empty()
+        assert listener.resets == 0 and listener.last_epoch  # one numbering throughout
+        # The handshake told it what quiet-net's history keeps (the defaults).
+        assert (listener.history_messages, listener.history_seconds) == (1000, 86400)
     finally:
         await listener.aclose()
         await asyncio.wait_for(consumer, 5)
