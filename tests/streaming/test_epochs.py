@@ -167,6 +167,7 @@ async def test_a_failover_to_a_replica_that_lagged_resets_listeners_past_its_num
         client.xadd(keys["history"], fields, id=entry_id)
     client.set(keys["seq"], 3)
     client.hset(keys["epoch"], "server", "the-old-primary")
+    client.script_flush()  # a replica never got the primary's scripts
 
     behind = await resume("weather", 2, old_epoch)  # saw only what the replica has: fine
     assert [(f["seq"], f["epoch"]) for f in await frames(behind, 1)] == [(3, old_epoch)]
@@ -189,6 +190,7 @@ async def test_a_restart_that_kept_everything_starts_an_epoch_without_resetting_
     network = await sync_to_async(NetworkFactory)(slug="weather")
     sent = await publish("weather", 3)
     redis_client().hset(redis_keys(network.id)["epoch"], "server", "before-the-restart")
+    redis_client().script_flush()  # a restarted server starts with no scripts
     after = await publish("weather", 1, start=3)
     assert after[0].epoch != sent[0].epoch and after[0].seq == 4
     listener = await resume("weather", 3, sent[0].epoch)  # the old epoch, all of it kept
@@ -214,6 +216,19 @@ async def test_a_flushed_redis_numbers_from_one_in_a_new_epoch_and_says_so():
     }
     assert [f["data"]["n"] for f in await frames(listener, 1)] == [10]
     await listener.disconnect()
+
+
+@with_redis
+async def test_a_server_that_ran_the_script_before_is_trusted_without_asking_its_identity():
+    """Reading Redis's identity costs a third of the publish script: only a first run asks."""
+    from networks.redis_clients import redis_client
+
+    network = await sync_to_async(NetworkFactory)(slug="weather")
+    sent = await publish("weather", 1)
+    redis_client().hset(redis_keys(network.id)["epoch"], "server", "someone-else")
+    assert (await publish("weather", 1))[0].epoch == sent[0].epoch  # not asked
+    redis_client().script_flush()
+    assert (await publish("weather", 1))[0].epoch != sent[0].epoch  # a first run: asked
 
 
 @with_redis
