@@ -153,6 +153,9 @@ class CustomerAdmin(admin.ModelAdmin):
 
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(admin.ModelAdmin):
-    list_display = ["stripe_event_id", "type", "created", "received_at", "processed_at", "error"]
+    list_display = [
+        "stripe_event_id", "type", "created", "received_at", "attempted_at", "processed_at",
+        "failed_at", "error",
+    ]  # fmt: skip
     list_filter = ["type"]
     search_fields = ["stripe_event_id"]

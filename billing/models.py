@@ -188,7 +188,11 @@ class Payment(models.Model):
 
 
 class WebhookEvent(models.Model):
-    """Each Stripe event id is stored once; a replay finds it here and does nothing."""
+    """Each Stripe event id is stored once; a replay finds it here and does nothing.
+
+    One never applied and never refused is applied by a sweep once left alone for a while
+    (its task was lost: ``billing.sync.webhook_events_sweep``).
+    """
 
     stripe_event_id = models.CharField(max_length=100, unique=True)
     type = models.CharField(max_length=100)
@@ -196,10 +200,23 @@ class WebhookEvent(models.Model):
     payload = models.JSONField()
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # When a worker last started applying it: the sweep leaves it to that worker (or its
+    # retry) for BILLING_SWEEP_GRACE_SECONDS after this, or after received_at.
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    # Refused for good (not ours, malformed, Stripe said no): recorded in ``error``, not swept.
+    failed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-received_at"]
+        indexes = [
+            # The sweep's question: which events are neither applied nor refused?
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(processed_at__isnull=True, failed_at__isnull=True),
+                name="billing_webhook_unapplied",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.stripe_event_id}"

@@ -8,13 +8,15 @@ doesn't have. Access then follows through the model (``billing.access``).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -101,11 +103,13 @@ def subscription_cancel(
     """
     lock_person_billing(user=subscription.user)
     subscription.refresh_from_db()
+    if subscription.is_ended:
+        # Ended meanwhile (a redelivered task, a sweep racing it): nothing to ask Stripe.
+        return subscription
     if not subscription.is_stripe_backed:
-        if not subscription.is_ended:
-            subscription.status = SubscriptionStatus.CANCELED
-            subscription.current_period_end = timezone.now()
-            subscription.save()
+        subscription.status = SubscriptionStatus.CANCELED
+        subscription.current_period_end = timezone.now()
+        subscription.save()
         return subscription
     read_at = timezone.now()
     if at_period_end:
@@ -155,12 +159,19 @@ def subscription_resync(*, subscription: Subscription) -> Subscription:
     )
 
 
+def network_unsold_reason(network: Network) -> str:
+    """Why a network's subscriptions end; part of the refunds' idempotency keys, so the task
+    and a sweep racing it never refund twice."""
+    return "network archived" if network.archived_at is not None else "network made free"
+
+
 def network_subscriptions_end(*, network_id: int, reason: str) -> int:
     """The network was archived or made free: end every live subscription now with a prorated
     refund and retire its prices. Returns how many subscriptions were ended.
 
     Runs in a worker (a network may have many subscribers); StripeUnavailable makes the task
-    retry, and a retry picks up where this stopped.
+    retry, and a retry picks up where this stopped. Running it twice, or twice at once, is
+    harmless: a row ended meanwhile is skipped under its person's lock.
     """
     ended = 0
     live = Subscription.objects.filter(network_id=network_id).exclude(status__in=ENDED_STATUSES)
@@ -170,6 +181,45 @@ def network_subscriptions_end(*, network_id: int, reason: str) -> int:
     for price in Price.objects.filter(network_id=network_id, active=True):
         price_retire(price=price)
     return ended
+
+
+def networks_unsold_unended(*, older_than: datetime, limit: int) -> list[Network]:
+    """Networks archived or made free (last changed before ``older_than``) that still have a
+    live subscription or an active price: their ending task was lost."""
+    live = Subscription.objects.filter(network=OuterRef("pk")).exclude(status__in=ENDED_STATUSES)
+    priced = Price.objects.filter(network=OuterRef("pk"), active=True)
+    return list(
+        Network.objects.filter(Q(archived_at__isnull=False) | Q(is_public=True))
+        .filter(updated_at__lt=older_than)
+        .filter(Exists(live) | Exists(priced))
+        .order_by("updated_at", "pk")[:limit]
+    )
+
+
+def unsold_networks_sweep(
+    *, grace_seconds: float, batch_size: int, budget_seconds: float
+) -> tuple[int, int]:
+    """Finish what a lost ``end_network_subscriptions`` left (a worker killed, a broker down,
+    a queryset update that sent no signal): end the subscriptions of networks no longer sold.
+    At most ``batch_size`` networks, none started after ``budget_seconds``; a network Stripe
+    refuses is logged and skipped. Returns (networks, subscriptions ended)."""
+    deadline = time.monotonic() + budget_seconds
+    older_than = timezone.now() - timedelta(seconds=grace_seconds)
+    networks = ended = 0
+    for network in networks_unsold_unended(older_than=older_than, limit=batch_size):
+        if time.monotonic() >= deadline:
+            break
+        try:
+            ended += network_subscriptions_end(
+                network_id=network.pk, reason=network_unsold_reason(network)
+            )
+        except StripeUnavailable:
+            raise
+        except BillingError as error:
+            logger.warning("could not end the subscriptions of network %s: %s", network, error)
+            continue
+        networks += 1
+    return networks, ended
 
 
 # --- Prices ------------------------------------------------------------------------------------

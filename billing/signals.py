@@ -38,8 +38,9 @@ def _end_subscriptions_when_no_longer_sold(
     )
     if not has_money:
         return
+    from .services import network_unsold_reason
     from .tasks import end_network_subscriptions
 
-    reason = "network archived" if instance.archived_at is not None else "network made free"
+    reason = network_unsold_reason(instance)
     network_id = instance.pk
     transaction.on_commit(lambda: end_network_subscriptions.delay(network_id, reason))

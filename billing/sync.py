@@ -5,16 +5,20 @@ A webhook is only a notification. Its handler locks the person's billing rows (t
 current state, so the order events arrive in, same-second ties and two workers racing
 cannot matter: whoever holds the lock last read Stripe last. Each state is labelled with
 the time of its read (``stripe_read_at``); a state read earlier (a reconciliation's list)
-never overwrites one read later. Stored event ids make replays no-ops.
+never overwrites one read later. Stored event ids make replays no-ops, and applying an event
+again is harmless, so a sweep can apply the events whose task was lost.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
@@ -22,7 +26,7 @@ from networks.models import Network
 
 from . import stripe_gateway
 from .entitlement import subscription_entitled_until
-from .errors import BillingError, StripeRejected
+from .errors import BillingError, StripeRejected, StripeUnavailable
 from .models import (
     ENDED_STATUSES,
     Customer,
@@ -52,6 +56,8 @@ HANDLED_EVENTS = (
 )
 # A person's Stripe subscriptions that still bill or may bill again.
 LIVE_STRIPE_STATUSES = ("active", "trialing", "past_due", "unpaid", "paused", "incomplete")
+# Failures worth trying again later; any other BillingError is final.
+TRANSIENT = (StripeUnavailable, DatabaseError)
 
 
 class NotOurs(BillingError):
@@ -384,7 +390,10 @@ def _required_id(obj: dict[str, Any], key: str) -> str:
 def webhook_event_apply(*, event_row: WebhookEvent) -> str:
     """Act on one stored event by re-reading what it names from Stripe; returns what it did.
 
-    NotOurs and MalformedEvent are final; StripeUnavailable is worth retrying.
+    Applying it again (a redelivered task, a sweep) is harmless: Stripe's current state is
+    mirrored again, payments are upserted by invoice, and duplicates are looked for only when
+    a subscription is new. NotOurs and MalformedEvent are final; StripeUnavailable is worth
+    retrying.
     """
     kind = event_row.type
     obj = (event_row.payload.get("data") or {}).get("object") or {}
@@ -420,8 +429,99 @@ def webhook_event_apply(*, event_row: WebhookEvent) -> str:
             outcome = "refunds updated"
     event_row.processed_at = timezone.now()
     event_row.error = ""
-    event_row.save(update_fields=["processed_at", "error"])
+    event_row.failed_at = None
+    event_row.save(update_fields=["processed_at", "error", "failed_at"])
     return outcome
+
+
+def webhook_event_started(*, event_row: WebhookEvent) -> None:
+    """Stamp the event as being applied now: the sweep leaves it alone for its grace period."""
+    event_row.attempted_at = timezone.now()
+    WebhookEvent.objects.filter(pk=event_row.pk).update(attempted_at=event_row.attempted_at)
+
+
+def webhook_event_claim(*, event_row: WebhookEvent) -> bool:
+    """Take a listed event for a sweep: False if it was applied, refused or taken by another
+    worker since it was read (two sweeps never apply the same event)."""
+    now = timezone.now()
+    taken = WebhookEvent.objects.filter(
+        pk=event_row.pk,
+        processed_at__isnull=True,
+        failed_at__isnull=True,
+        attempted_at=event_row.attempted_at,  # None matches only a row never attempted
+    ).update(attempted_at=now)
+    if taken:
+        event_row.attempted_at = now
+    return bool(taken)
+
+
+def webhook_event_failed(*, event_row: WebhookEvent, error: Exception, final: bool) -> None:
+    """Record why an event was not applied (admin: Billing → Webhook events). ``final``: it
+    was refused for good and is never swept; otherwise a retry or the sweep tries again."""
+    if final:
+        logger.warning("Stripe event %s not applied: %s", event_row.stripe_event_id, error)
+    try:
+        WebhookEvent.objects.filter(pk=event_row.pk).update(
+            error=repr(error)[:2000], failed_at=timezone.now() if final else None
+        )
+    except DatabaseError:
+        if final:
+            raise
+        # The database is what failed: the retry (or the sweep) finds the event unapplied.
+
+
+@dataclass
+class SweepReport:
+    """What one sweep found and did."""
+
+    found: int = 0  # past their grace period, neither applied nor refused
+    applied: int = 0
+    refused: int = 0  # refused for good (recorded, not swept again)
+    failed: int = 0  # transient failures: swept again after another grace period
+    left: int = 0  # not attempted in this run (out of time, or Stripe down)
+
+
+def webhook_events_unapplied(*, older_than: datetime, limit: int) -> list[WebhookEvent]:
+    """Events neither applied nor refused, untouched since before ``older_than`` (last
+    attempted, else received), the longest waiting first."""
+    return list(
+        WebhookEvent.objects.filter(processed_at__isnull=True, failed_at__isnull=True)
+        .annotate(waiting_since=Coalesce("attempted_at", "received_at"))
+        .filter(waiting_since__lt=older_than)
+        .order_by("waiting_since", "pk")[:limit]
+    )
+
+
+def webhook_events_sweep(
+    *, grace_seconds: float, batch_size: int, budget_seconds: float
+) -> SweepReport:
+    """Apply stored events whose task was lost: a worker killed while holding it, a retry
+    that never came, a broker down when it was queued. Stripe had its 200 and will not send
+    them again. At most ``batch_size`` per run, none started after ``budget_seconds``; a
+    transient failure ends the run (Stripe or the database is likely down)."""
+    deadline = time.monotonic() + budget_seconds
+    older_than = timezone.now() - timedelta(seconds=grace_seconds)
+    rows = webhook_events_unapplied(older_than=older_than, limit=batch_size)
+    report = SweepReport(found=len(rows))
+    for index, row in enumerate(rows):
+        if time.monotonic() >= deadline:
+            report.left = len(rows) - index
+            break
+        if not webhook_event_claim(event_row=row):
+            continue
+        try:
+            webhook_event_apply(event_row=row)
+        except TRANSIENT as error:
+            webhook_event_failed(event_row=row, error=error, final=False)
+            report.failed += 1
+            report.left = len(rows) - index - 1
+            break
+        except BillingError as error:
+            webhook_event_failed(event_row=row, error=error, final=True)
+            report.refused += 1
+            continue
+        report.applied += 1
+    return report
 
 
 # --- Reconciliation -------------------------------------------------------------------------------

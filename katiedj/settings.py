@@ -8,11 +8,19 @@ cache, Celery tasks run eagerly) so ``make run`` needs no external service. Prod
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from katiedj.outages import keep_reconnecting
+from katiedj.redis_sentinel import (
+    celery_broker_url,
+    channel_layer_host,
+    parse_sentinels,
+    sentinel_kwargs,
+)
 from katiedj.secret_key import DEV_SECRET_KEY, read_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -72,6 +80,17 @@ WEBSOCKET_MAX_INBOUND_BYTES = env_int("WEBSOCKET_MAX_INBOUND_BYTES", 4096)
 # within the timeout: dead peers are reaped even when TCP never reports them.
 WEBSOCKET_PING_INTERVAL = float(os.environ.get("WEBSOCKET_PING_INTERVAL", "") or 20)
 WEBSOCKET_PING_TIMEOUT = float(os.environ.get("WEBSOCKET_PING_TIMEOUT", "") or 20)
+# A listener whose socket takes next to nothing for this many seconds (the server's buffer
+# for it stays full) is reset: its slot, descriptor and buffers are freed. Unset: the
+# server's ping timeout; 0: never (katiedj/ws_protocol.py).
+WEBSOCKET_WRITE_TIMEOUT = (
+    float(os.environ["WEBSOCKET_WRITE_TIMEOUT"])
+    if os.environ.get("WEBSOCKET_WRITE_TIMEOUT")
+    else None
+)
+# After the server closes a listener (4413, 4410, shutdown, ...), seconds the closing
+# handshake may take; a close frame still stuck behind unsent bytes then is a reset.
+WEBSOCKET_CLOSE_TIMEOUT = float(os.environ.get("WEBSOCKET_CLOSE_TIMEOUT", "") or 10)
 
 INSTALLED_APPS = [
     "daphne",
@@ -172,6 +191,33 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the server read while a management command writes.
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+# A database that hangs or refuses must not stall publishing and listening. libpq gives up
+# connecting after DATABASE_CONNECT_TIMEOUT_SECONDS (the pool's attempts too; psycopg's own
+# default is 130 s), and PostgreSQL cancels a statement running past
+# DATABASE_STATEMENT_TIMEOUT_MS (0: no limit; raise it for a migration that rewrites a large
+# table; behind PgBouncer, which refuses the startup option, set 0 and configure it
+# there). The publish and listen paths reach the database from DATABASE_LOOKUP_THREADS
+# threads of their own (keep it at most DATABASE_POOL_MAX_SIZE) and wait at most
+# DATABASE_LOOKUP_TIMEOUT_SECONDS for an answer, then answer 503 (WebSockets: close 1013).
+DATABASE_CONNECT_TIMEOUT_SECONDS = env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 3)
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
+DATABASE_LOOKUP_THREADS = env_int("DATABASE_LOOKUP_THREADS", 4)
+DATABASE_LOOKUP_TIMEOUT_SECONDS = float(os.environ.get("DATABASE_LOOKUP_TIMEOUT_SECONDS", "") or 3)
+DATABASE_POOL_RECONNECT_SECONDS = float(os.environ.get("DATABASE_POOL_RECONNECT_SECONDS", "") or 5)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    if DATABASE_CONNECT_TIMEOUT_SECONDS > 0:
+        _pg_options.setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT_SECONDS)
+    if DATABASE_STATEMENT_TIMEOUT_MS > 0:
+        _statement_timeout = f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}"
+        _pg_options["options"] = f"{_pg_options.get('options', '')} {_statement_timeout}".strip()
+    # The pool retries a lost connection with a doubling delay for its reconnect_timeout
+    # (psycopg's default: 5 min): after a 45 s outage its next attempt came 14 s after
+    # PostgreSQL was back. Past DATABASE_POOL_RECONNECT_SECONDS it starts over at once
+    # instead, so attempts are never more than a couple of seconds apart.
+    if "pool" in _pg_options:
+        _pg_options["pool"].setdefault("reconnect_timeout", DATABASE_POOL_RECONNECT_SECONDS)
+        _pg_options["pool"].setdefault("reconnect_failed", keep_reconnecting)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -235,6 +281,20 @@ REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "katiedj")
 # Connections per process for the publish and listen paths' own Redis clients.
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64)
 REDIS_POOL_TIMEOUT = float(os.environ.get("REDIS_POOL_TIMEOUT", "") or 10)
+# Redis Sentinel (katiedj/redis_sentinel.py): with sentinels ("host:port,host:port") every
+# Redis user asks them for the master of REDIS_SENTINEL_MASTER, and follows a failover.
+# REDIS_URL then gives only the database, user, password and options of the master
+# connections (its host:port is unused); without it, database 0, no password.
+REDIS_SENTINELS = parse_sentinels(env_list("REDIS_SENTINELS", []))
+REDIS_SENTINEL_MASTER = os.environ.get("REDIS_SENTINEL_MASTER", "") or "mymaster"
+# For sentinels started with `requirepass` (the master's password is REDIS_URL's).
+REDIS_SENTINEL_PASSWORD = os.environ.get("REDIS_SENTINEL_PASSWORD", "")
+# Connect/read timeout towards one sentinel before the next one is asked.
+REDIS_SENTINEL_TIMEOUT = float(os.environ.get("REDIS_SENTINEL_TIMEOUT", "") or 1)
+REDIS_SENTINEL_KWARGS = sentinel_kwargs(REDIS_SENTINEL_PASSWORD, REDIS_SENTINEL_TIMEOUT)
+if REDIS_SENTINELS and not REDIS_URL:
+    # Redis mode is on whenever REDIS_URL is set; the host part only names the service.
+    REDIS_URL = f"redis://{REDIS_SENTINEL_MASTER}/0"
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -243,7 +303,13 @@ if REDIS_URL:
             # capacity that silently drops group messages, no per-consumer pooled connection.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [
+                    channel_layer_host(
+                        REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_KWARGS
+                    )
+                    if REDIS_SENTINELS
+                    else REDIS_URL
+                ],
                 "prefix": REDIS_KEY_PREFIX,
             },
         }
@@ -255,11 +321,38 @@ if REDIS_URL:
             "KEY_PREFIX": REDIS_KEY_PREFIX,
         }
     }
+    if REDIS_SENTINELS:
+        CACHES["default"]["OPTIONS"] = {
+            "pool_class": "katiedj.redis_sentinel.CacheSentinelConnectionPool",
+            "sentinels": REDIS_SENTINELS,
+            "master_name": REDIS_SENTINEL_MASTER,
+            "sentinel_kwargs": REDIS_SENTINEL_KWARGS,
+        }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or REDIS_URL or "memory://"
+CELERY_BROKER_URL = (
+    os.environ.get("CELERY_BROKER_URL", "")
+    or (celery_broker_url(REDIS_URL, REDIS_SENTINELS) if REDIS_SENTINELS else REDIS_URL)
+    or "memory://"
+)
+# A task a worker took stays invisible to other workers until it is acknowledged (after it
+# ran: acks late) or until this many seconds pass; then the broker hands it out again. So a
+# worker killed while holding tasks (kill -9, OOM, a lost host) has them run again after
+# this long, and a task running longer than this runs twice (every task is idempotent). With
+# Redis a task waiting for its retry is held too: retry countdowns stay below half of this
+# (billing.tasks.retry_cap_seconds). Stored Stripe events are swept sooner (BILLING_SWEEP_*).
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 1200),
+}
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    # kombu finds the master through the sentinels of the URL under this name.
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        master_name=REDIS_SENTINEL_MASTER, sentinel_kwargs=REDIS_SENTINEL_KWARGS
+    )
+    if REDIS_URL.startswith("rediss://"):
+        CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 CELERY_RESULT_BACKEND = None
 # Without a broker (embedded mode) tasks run in-process, synchronously.
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
@@ -267,6 +360,16 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Sweeps finish what a lost task left undone (its worker killed, its retry lost, the broker
+# down when it was queued): stored Stripe events never applied, networks no longer sold whose
+# subscriptions were not ended. They run this often (seconds), take work the task that
+# should have done it left untouched this long (seconds), at most this many items a run.
+BILLING_SWEEP_SECONDS = float(os.environ.get("BILLING_SWEEP_SECONDS", "") or 60)
+BILLING_SWEEP_GRACE_SECONDS = env_int("BILLING_SWEEP_GRACE_SECONDS", 300)
+BILLING_SWEEP_BATCH = env_int("BILLING_SWEEP_BATCH", 100)
+# A sweep not started within its interval is dropped (the next one is on its way), so beat
+# sending while no worker runs piles nothing up (`expire_seconds`: django_celery_beat's name).
+_SWEEP_OPTIONS = {"expire_seconds": max(1, int(BILLING_SWEEP_SECONDS))}
 # Periodic work; Celery beat runs it in production, `manage.py serve` in the embedded mode.
 CELERY_BEAT_SCHEDULE = {
     "rollup-usage": {
@@ -281,6 +384,16 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-subscriptions": {
         "task": "billing.tasks.reconcile_subscriptions",
         "schedule": float(os.environ.get("RECONCILE_SECONDS", "") or 3600),
+    },
+    "sweep-webhook-events": {
+        "task": "billing.tasks.sweep_webhook_events",
+        "schedule": BILLING_SWEEP_SECONDS,
+        "options": _SWEEP_OPTIONS,
+    },
+    "sweep-unsold-networks": {
+        "task": "billing.tasks.sweep_unsold_networks",
+        "schedule": BILLING_SWEEP_SECONDS,
+        "options": _SWEEP_OPTIONS,
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -446,5 +559,8 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
         # The stripe library logs every request at INFO; billing logs what matters itself.
         "stripe": {"level": "WARNING"},
+        # A warning per failed connection attempt; katiedj.outages says when the database
+        # goes and comes back, once each.
+        "psycopg.pool": {"level": "ERROR"},
     },
 }

@@ -25,7 +25,12 @@ from billing.entitlement import (
     read_entitlement_token,
     user_group,
 )
-from networks.accounting import ahistory_since, aresume_position, first_missing_range
+from networks.accounting import (
+    ResumePosition,
+    ahistory_since,
+    aresume_position,
+    first_missing_range,
+)
 from networks.lookup_cache import DatabaseUnavailable, adatabase_call
 from networks.selectors import NetworkInfo, anetwork_get_by_slug
 from networks.services import envelope_text
@@ -207,9 +212,20 @@ class NetworkListenerConsumer(AsyncWebsocketConsumer):
         first if that is no position in the current numbering, a gap frame if history no
         longer reaches it; returns the last seq sent."""
         position = await aresume_position(network_id=network.id, since=since, epoch=epoch)
+        self.outbox.epoch = position.epoch.id
+        last = await self._send_history(network, position)
+        # The numbering may have gone back while this ran (a failover the hub noticed): what
+        # was replayed is then the old numbering's; go on from where the new one starts.
+        moved = hub.reset_to(network.id)
+        if moved is not None and moved.id != self.outbox.epoch:
+            self.outbox.epoch = moved.id
+            restart = ResumePosition(epoch=moved, since=moved.start, newest=moved.start, reset=True)
+            last = await self._send_history(network, restart)
+        return last
+
+    async def _send_history(self, network: NetworkInfo, position: ResumePosition) -> int:
         if position.reset:
             await self.base_send(reset_event(epoch=position.epoch.id, seq=position.since))
-        self.outbox.epoch = position.epoch.id
         since = position.since
         entries, oldest = await ahistory_since(
             network_id=network.id, since=since, max_age_seconds=network.history_max_age_seconds

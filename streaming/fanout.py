@@ -304,7 +304,7 @@ Message = tuple[int, Epoch, str, str, float]
 
 
 class _NetworkListeners:
-    __slots__ = ("catch_up_to", "epoch", "held", "outboxes", "slug", "subscribed")
+    __slots__ = ("catch_up_to", "epoch", "held", "outboxes", "reset_to", "slug", "subscribed")
 
     def __init__(self, slug: str) -> None:
         self.slug = slug
@@ -313,6 +313,7 @@ class _NetworkListeners:
         self.catch_up_to: int | None = None
         self.epoch: str | None = None  # of the last message delivered
         self.held: list[Message] | None = None  # live messages held while rebasing
+        self.reset_to: Epoch | None = None  # the last numbering listeners were reset to
 
 
 class _GroupRelay:
@@ -456,6 +457,11 @@ class FanoutHub:
             del self.relays[group]
             await relay.stop()
 
+    def reset_to(self, network_id: int) -> Epoch | None:
+        """The numbering this process last reset the network's listeners to, if any."""
+        entry = self.networks.get(network_id)
+        return entry.reset_to if entry is not None else None
+
     def listener_counts(self) -> dict[int, int]:
         """Listeners connected to this process, by network id."""
         return {network_id: len(e.outboxes) for network_id, e in self.networks.items()}
@@ -514,9 +520,17 @@ class FanoutHub:
         entry.held = [message] if message is not None else []
         entry.catch_up_to = None
         entry.epoch = epoch.id
+        entry.reset_to = epoch
         self._last_seq[network_id] = epoch.start
         event = reset_event(epoch=epoch.id, seq=epoch.start)
-        told = [outbox for outbox in entry.outboxes if outbox.epoch != epoch.id]
+        # Not those a ?since= replay placed in this epoch already, nor those whose replay has
+        # yet to ask where they are (it will get the new numbering; see the consumer's
+        # _replay, which also checks reset_to when it ends).
+        told = [
+            outbox
+            for outbox in entry.outboxes
+            if outbox.epoch != epoch.id and not (outbox.replaying and outbox.epoch is None)
+        ]
         for outbox in told:
             outbox.offer_control(event)
         task = asyncio.ensure_future(self._deliver_after_reset(network_id, entry, epoch, told))
@@ -588,7 +602,9 @@ class FanoutHub:
                 for entry in self.networks.values():
                     entry.subscribed.clear()
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                # Capped low: a failover is over in ~2 s and listeners wait for this; an
+                # attempt is one connection per process.
+                backoff = min(backoff * 2, 0.5)
         await self._close_pubsub()
         if self.networks:
             # A listener joined while the subscription was closing: start over for it.

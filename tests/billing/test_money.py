@@ -34,21 +34,6 @@ def shop(stripe_on):
     return provider, network
 
 
-@pytest.fixture
-def buy(stripe_on, client, eager_celery, django_capture_on_commit_callbacks):
-    """``buy(person, network, interval)``: Checkout paid on the fake, every event applied."""
-
-    def buy(person, network, interval="month") -> dict:
-        url = start_checkout(person, network, interval)
-        seen = len(stripe_on.events())
-        stripe_subscription = stripe_on.complete_checkout(session_id_of(url))
-        with django_capture_on_commit_callbacks(execute=True):
-            assert set(deliver_all(stripe_on, client, since=seen)) == {200}
-        return stripe_subscription
-
-    return buy
-
-
 def deliver_new(stripe_on, client, seen: int, callbacks) -> None:
     with callbacks(execute=True):
         assert set(deliver_all(stripe_on, client, since=seen)) <= {200}

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -155,6 +156,7 @@ def uvicorn_command(port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "katiedj.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
+        "--ws", "katiedj.ws_protocol:ListenerWebSocketProtocol",  # stalled peers are cut
         "--ws-max-size", "4096", "--ws-per-message-deflate", "false", "--no-access-log",
         "--forwarded-allow-ips", "",  # as the Procfile: no proxy is trusted by default
     ]  # fmt: skip
@@ -322,3 +324,329 @@ def celery_worker(env: dict[str, str], log_path: Path, beat: bool = False) -> It
             worker.kill()
             worker.wait()
         log.close()
+
+
+@dataclass
+class RedisSentinelCluster:
+    """A Redis primary, one replica and three sentinels (quorum 2) on loopback free ports.
+
+    Timeouts are short (``down_after_ms``, ``failover_timeout_ms``) so a failover completes in
+    a few seconds. The replica authenticates to the primary as its own ACL user, so
+    :meth:`cut_replication` can stop it from receiving writes (the "replica had not received"
+    case) while the sentinels still see a healthy replica they may promote. Every file lives
+    under ``directory``; :meth:`stop` kills every process.
+    """
+
+    directory: Path
+    master_name: str = "katiedj-e2e"
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+    redis_ports: list[int] = field(default_factory=list)
+    sentinel_ports: list[int] = field(default_factory=list)
+    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    REPLICATION_USER = "replicator"
+    REPLICATION_PASSWORD = "replicator-password"  # a loopback test cluster
+
+    @property
+    def sentinels(self) -> str:
+        """The ``REDIS_SENTINELS`` value for this cluster."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def settings_env(self, db: int = 0) -> dict[str, str]:
+        """The environment a stack needs to use this cluster through its sentinels."""
+        return {
+            "REDIS_SENTINELS": self.sentinels,
+            "REDIS_SENTINEL_MASTER": self.master_name,
+            "REDIS_URL": f"redis://{self.master_name}/{db}",
+        }
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.redis_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        primary, replica = self.redis_ports
+        try:
+            self._start_redis(primary, [])
+            self._start_redis(replica, [f"replicaof 127.0.0.1 {primary}"])
+            for port in self.sentinel_ports:
+                self._start_sentinel(port, primary)
+            self.wait_until_ready(timeout)
+        except Exception:
+            self.stop()
+            raise
+
+    def _start_redis(self, port: int, extra: list[str]) -> None:
+        directory = self.directory / f"redis-{port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {directory}",
+            'save ""',
+            "appendonly no",
+            # The replica's link is the replication user's: disabling the user on the
+            # primary stops replication and nothing else.
+            f"user {self.REPLICATION_USER} on >{self.REPLICATION_PASSWORD} ~* &* +@all",
+            f"masteruser {self.REPLICATION_USER}",
+            f"masterauth {self.REPLICATION_PASSWORD}",
+            *extra,
+        ]
+        self._spawn(port, directory / "redis.conf", lines, [])
+        self._wait_for_ping(port)
+
+    def _start_sentinel(self, port: int, primary: int) -> None:
+        directory = self.directory / f"sentinel-{port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        name = self.master_name
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {directory}",
+            f"sentinel monitor {name} 127.0.0.1 {primary} 2",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        # A sentinel rewrites its configuration file: it must be its own and writable.
+        self._spawn(port, directory / "sentinel.conf", lines, ["--sentinel"])
+        self._wait_for_ping(port)
+
+    def _spawn(self, port: int, conf: Path, lines: list[str], args: list[str]) -> None:
+        conf.write_text("\n".join(lines) + "\n")
+        log = (conf.parent / "log.txt").open("ab")
+        self.processes[port] = subprocess.Popen(
+            ["redis-server", str(conf), *args], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def _client(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+
+    def _wait_for_ping(self, port: int, timeout: float = 10.0) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes[port].poll() is not None:
+                raise RuntimeError(f"redis-server on {port} exited:\n{self.log_tail(port)}")
+            with contextlib.suppress(redis.RedisError), self._client(port) as client:
+                if client.ping():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {port} did not answer:\n{self.log_tail(port)}")
+
+    def log_tail(self, port: int, lines: int = 30) -> str:
+        path = next(self.directory.glob(f"*-{port}/log.txt"), None)
+        if path is None:
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def sentinel_view(self, port: int) -> dict[str, Any]:
+        """``SENTINEL MASTER <name>`` as one sentinel sees it."""
+        with self._client(port) as client:
+            return client.sentinel_master(self.master_name)
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Until every sentinel knows the replica and the two other sentinels (a failover
+        needs a majority of them to elect a leader) and the replica is in sync."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                views = [self.sentinel_view(port) for port in self.sentinel_ports]
+                ready = all(
+                    view["num-slaves"] == 1 and view["num-other-sentinels"] == 2 for view in views
+                )
+                with self._client(self.redis_ports[1]) as replica:
+                    linked = replica.info("replication").get("master_link_status") == "up"
+                if ready and linked:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError("the sentinels did not see the whole cluster in time")
+
+    def master_port(self) -> int:
+        """The primary's port according to the sentinels (a majority of them)."""
+        import redis
+
+        ports = []
+        for port in self.sentinel_ports:
+            with contextlib.suppress(redis.RedisError), self._client(port) as client:
+                address = client.sentinel_get_master_addr_by_name(self.master_name)
+                if address:
+                    ports.append(int(address[1]))
+        best = max(set(ports), key=ports.count) if ports else None
+        if best is None or ports.count(best) < 2:
+            raise RuntimeError(f"the sentinels do not agree on a master: {ports}")
+        return best
+
+    def cut_replication(self) -> None:
+        """Stop the replica from receiving the primary's writes; both stay up.
+
+        The primary refuses the replication user from now on and drops its link: the replica
+        keeps retrying (and failing) to authenticate, so writes acknowledged from now on exist
+        on the primary only. Sentinels still promote the replica (its link has been down for
+        less than ten times ``down_after_ms`` when the failover starts).
+        """
+        with self._client(self.master_port()) as primary:
+            primary.acl_setuser(self.REPLICATION_USER, enabled=False)
+            primary.client_kill_filter(user=self.REPLICATION_USER)
+
+    def kill_primary(self) -> int:
+        """``kill -9`` the current primary; returns the port it listened on."""
+        port = self.master_port()
+        process = self.processes[port]
+        process.kill()
+        process.wait()
+        return port
+
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> float:
+        """Seconds until the sentinels name a new master that answers as one."""
+        import redis
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            with contextlib.suppress(redis.RedisError, RuntimeError):
+                port = self.master_port()
+                if port != old_port:
+                    with self._client(port) as client:
+                        if client.execute_command("ROLE")[0] == b"master":
+                            return time.monotonic() - started
+            time.sleep(0.05)
+        raise RuntimeError("no failover within the timeout")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        self.processes.clear()
+
+
+class PostgresProxy:
+    """A TCP proxy in front of PostgreSQL that a test switches between three states:
+
+    - ``restore()``: forward both ways (the initial state);
+    - ``hang()``: a database that accepts and never answers: new connections are accepted and
+      held, and nothing more is relayed on open ones (what they send waits in the proxy);
+    - ``refuse()``: nothing listens on the port (connects are refused) and every open
+      connection is reset, as when PostgreSQL is down.
+
+    ``restore()`` after a hang relays what was held, as a database that wakes up answers its
+    clients. It runs an event loop in a daemon thread of the test process.
+    """
+
+    def __init__(self, upstream_host: str = "127.0.0.1", upstream_port: int = 5432) -> None:
+        import asyncio
+        import threading
+
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self.state = "stopped"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: Any = None
+        self._flowing: Any = None
+        self._connections: set[Any] = set()  # the tasks serving client connections
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` with its host and port replaced by the proxy's."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(database_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def start(self) -> None:
+        self._thread.start()
+        self._call(self._start())
+
+    def hang(self) -> None:
+        self._call(self._hang())
+
+    def refuse(self) -> None:
+        self._call(self._refuse())
+
+    def restore(self) -> None:
+        self._call(self._restore())
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._call(self._refuse())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+        self.state = "stopped"
+
+    def _call(self, coroutine: Any) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    async def _start(self) -> None:
+        import asyncio
+
+        self._flowing = asyncio.Event()
+        await self._restore()
+
+    async def _listen(self) -> None:
+        import asyncio
+
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def _hang(self) -> None:
+        self._flowing.clear()
+        self.state = "hung"
+
+    async def _refuse(self) -> None:
+        import asyncio
+
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._flowing.set()
+        self.state = "refusing"
+
+    async def _restore(self) -> None:
+        if self._server is None:
+            await self._listen()
+        self._flowing.set()
+        self.state = "forwarding"
+
+    async def _serve(self, client_reader: Any, client_writer: Any) -> None:
+        import asyncio
+
+        task = asyncio.current_task()
+        self._connections.add(task)
+        upstream_writer = None
+        try:
+            await self._flowing.wait()  # hung: held before PostgreSQL ever hears of it
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+            await asyncio.gather(
+                self._pump(client_reader, upstream_writer),
+                self._pump(upstream_reader, client_writer),
+            )
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.transport.abort()  # a reset, as a dead server's connections get
+            self._connections.discard(task)
+
+    async def _pump(self, reader: Any, writer: Any) -> None:
+        while data := await reader.read(65536):
+            await self._flowing.wait()  # hung: what arrives waits here, unanswered
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
