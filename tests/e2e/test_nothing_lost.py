@@ -66,6 +66,7 @@ class Record:
     gaps: list[tuple[str, int, int]] = field(default_factory=list)  # epoch, from, to
     gone_after: dict[str, int] = field(default_factory=dict)  # epoch → last seq seen in it
     resets: int = 0
+    connections: int = 0
     epoch: str | None = None
     seq: int | None = None
 
@@ -109,6 +110,7 @@ async def listen(url: str, record: Record, until: asyncio.Event, *, drop_at: asy
     while not until.is_set():
         with contextlib.suppress(OSError, websockets.WebSocketException):
             async with websockets.connect(url + record.query()) as ws:
+                record.connections += 1
                 while not until.is_set():
                     if drop_at.is_set() and not dropped:
                         dropped = True
@@ -144,6 +146,8 @@ async def test_a_redis_that_restarts_empty_loses_nothing_silently(private_redis_
         asyncio.ensure_future(listen(url, records["resuming"], done, drop_at=away)),
         asyncio.ensure_future(listen(other, records["other process"], done, drop_at=never)),
     ]
+    # A listener hears what is published once it is connected: start publishing after that.
+    await wait_for(lambda: all(r.connections for r in records.values()), "listeners connected")
     thread = threading.Thread(target=publisher.run)
     thread.start()
     try:
@@ -171,7 +175,8 @@ async def test_a_redis_that_restarts_empty_loses_nothing_silently(private_redis_
     epochs = {epoch for epoch, _ in publisher.accepted.values()}
     assert len(epochs) == 2  # numbered in two epochs
     for name, record in records.items():
-        assert record.silent_losses(publisher.accepted) == [], name
+        lost = record.silent_losses(publisher.accepted)
+        assert lost == [], (name, [publisher.accepted[n] for n in lost], record.gone_after)
         assert record.duplicates() == 0, name
         assert record.resets >= 1, name  # each saw numbers the new Redis never handed out
     print(  # the numbers behind docs/operations.md
