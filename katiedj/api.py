@@ -269,6 +269,10 @@ def publish_endpoints_hook(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                     "description": "Too many refused keys from this address (see Retry-After)",
                     "content": {"application/json": {"schema": error}},
                 },
+                "503": {
+                    "description": "Redis or the database unreachable (see Retry-After)",
+                    "content": {"application/json": {"schema": error}},
+                },
             },
         },
         "post": {

@@ -23,13 +23,20 @@ from katiedj.middleware import RequestBodyDeadline  # noqa: E402
 from networks.ingest import PublishApp, route_publish  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 from streaming.security import listener_origin_validator  # noqa: E402
+from streaming.views import metrics_app  # noqa: E402
 
 publish_app = PublishApp()
 
 
 async def http_application(scope, receive, send):  # type: ignore[no-untyped-def]
-    """Publish requests go to the lean publish app; everything else to Django."""
-    app = publish_app if route_publish(scope["path"]) else django_asgi_app
+    """Publish requests go to the lean publish app, scrapes to the metrics app (neither
+    waits behind Django's sync thread); everything else to Django."""
+    if route_publish(scope["path"]):
+        app = publish_app
+    elif scope["path"] == "/metrics":
+        app = metrics_app
+    else:
+        app = django_asgi_app
     await app(scope, receive, send)
 
 

@@ -10,6 +10,9 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
+# Why the server reset a WebSocket connection (katiedj/ws_protocol.py).
+CUT_REASONS = ("write_timeout", "close_timeout", "ping_timeout")
+
 # Seconds; the same buckets for publish handling and publish→fan-out latency.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -47,6 +50,7 @@ class StreamingMetrics:
     fanout_latency: Histogram = field(default_factory=Histogram)
     publish_latency: Histogram = field(default_factory=Histogram)
     published: Counter[int] = field(default_factory=Counter)  # accepted here, by status
+    cut: Counter[str] = field(default_factory=Counter)  # connections reset, by deadline
 
     def reset(self) -> None:
         self.__init__()
@@ -75,6 +79,11 @@ def message_fanned_out(listeners: int, latency: float) -> None:
 def listener_skipped(policy: str) -> None:
     """A message a lagging listener will never get (conflated, dropped or disconnected)."""
     current.skipped[policy] += 1
+
+
+def connection_cut(reason: str) -> None:
+    """A stalled connection reset by one of ``CUT_REASONS`` (katiedj/ws_protocol.py)."""
+    current.cut[reason] += 1
 
 
 def publish_handled(status: int, seconds: float) -> None:
@@ -112,8 +121,12 @@ def _histogram(lines: list[str], name: str, help_text: str, histogram: Histogram
     lines.append(f"{name}_count {histogram.count}")
 
 
-def render_prometheus(networks: list[NetworkStats], process: str) -> str:
-    """The exposition text: cross-process gauges per network, then this process's counters."""
+def render_prometheus(
+    networks: list[NetworkStats], process: str, up: dict[str, bool] | None = None
+) -> str:
+    """The exposition text: cross-process gauges per network, then this process's counters,
+    then ``katiedj_<service>_up`` for each backing service in ``up`` (1: it answered this
+    scrape; 0: it did not, and the per-network figures it holds are left out)."""
     lines: list[str] = []
     per_network = [
         ("katiedj_listeners", "gauge", "Listeners connected now, all processes", "listeners"),
@@ -140,6 +153,11 @@ def render_prometheus(networks: list[NetworkStats], process: str) -> str:
     for policy in ("conflate", "drop", "disconnect"):
         lines.append(f'katiedj_listener_skipped_total{{{proc},policy="{policy}"}} '
                      f"{current.skipped[policy]}")  # fmt: skip
+    _family(lines, "katiedj_connections_cut_total", "counter", "WebSocket connections reset "
+            "because the peer stopped reading, by deadline (this process)")  # fmt: skip
+    for reason in CUT_REASONS:
+        lines.append(f'katiedj_connections_cut_total{{{proc},reason="{reason}"}} '
+                     f"{current.cut[reason]}")  # fmt: skip
     _family(lines, "katiedj_publish_requests_total", "counter", "Publish requests by status")
     for status, count in sorted(current.published.items()):
         lines.append(f'katiedj_publish_requests_total{{{proc},status="{status}"}} {count}')
@@ -147,4 +165,8 @@ def render_prometheus(networks: list[NetworkStats], process: str) -> str:
                current.publish_latency)  # fmt: skip
     _histogram(lines, "katiedj_fanout_seconds", "Publish to hand-over to listeners "
                "(this process)", current.fanout_latency)  # fmt: skip
+    for service, answered in sorted((up or {}).items()):
+        name = f"katiedj_{service}_up"
+        _family(lines, name, "gauge", f"Whether this process reached the {service} (1) or not")
+        lines.append(f"{name}{{{proc}}} {int(answered)}")
     return "\n".join(lines) + "\n"
