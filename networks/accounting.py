@@ -176,9 +176,7 @@ def _run_admit_script(client: redis.Redis, keys: list[str], args: list[str]) -> 
         return client.eval(_ADMIT_SCRIPT, len(keys), *keys, *args, "1")
 
 
-async def _arun_admit_script(
-    client: redis.asyncio.Redis, keys: list[str], args: list[str]
-) -> list:
+async def _arun_admit_script(client: redis.asyncio.Redis, keys: list[str], args: list[str]) -> list:
     """``_run_admit_script`` for the asyncio client."""
     try:
         return await client.evalsha(_ADMIT_SHA, len(keys), *keys, *args, "0")
