@@ -29,7 +29,7 @@ import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from katiedj import metrics
+from katiedj import metrics, outages
 from networks.accounting import (
     Epoch,
     add_local_receiver,
@@ -591,13 +591,15 @@ class FanoutHub:
         while self.networks:
             try:
                 await self._subscribe_all()
+                outages.note_recovered(outages.REDIS)
                 backoff = 0.1
                 while self.networks:
                     message = await self._pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._handle_safely(message)
             except (redis.RedisError, OSError) as exc:
-                logger.warning("fan-out subscription lost (%s); resubscribing", exc)
+                # One line per outage (katiedj.outages), not one per attempt.
+                outages.note_outage(outages.REDIS, exc)
                 await self._close_pubsub()
                 for entry in self.networks.values():
                     entry.subscribed.clear()
