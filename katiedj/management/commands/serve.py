@@ -14,6 +14,8 @@ from simulator.services import demo_simulation_ensure
 
 # The Procfile's and the image's log configuration: uvicorn's, with secrets redacted.
 LOG_CONFIG = Path(__file__).resolve().parents[2] / "uvicorn_logging.json"
+# The Procfile's and the image's `--ws`.
+WS_PROTOCOL = "katiedj.ws_protocol:ListenerWebSocketProtocol"
 
 
 class Command(BaseCommand):
@@ -50,6 +52,8 @@ class Command(BaseCommand):
             host=host,
             port=port,
             lifespan="off",
+            # uvicorn's WebSocket protocol with write and close deadlines: stalled peers are cut.
+            ws=WS_PROTOCOL,
             # Listeners have nothing to say; a large inbound frame is abuse.
             ws_max_size=settings.WEBSOCKET_MAX_INBOUND_BYTES,
             ws_ping_interval=settings.WEBSOCKET_PING_INTERVAL,
