@@ -41,7 +41,7 @@ print(json.dumps({
     "hsts_seconds": getattr(settings, "SECURE_HSTS_SECONDS", 0),
     "proxy_ssl_header": getattr(settings, "SECURE_PROXY_SSL_HEADER", None),
     "body_timeout": settings.REQUEST_BODY_TIMEOUT_SECONDS,
-}))
+}, default=repr))  # the pool options hold a callback (reconnect_failed)
 """
 
 
