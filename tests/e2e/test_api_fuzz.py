@@ -36,7 +36,7 @@ CHECKS = [
 BUDGET_SECONDS = float(os.environ.get("API_FUZZ_BUDGET_SECONDS", "") or 300)
 # Fewer examples for the credentials that the API mostly refuses (401/404): their answers
 # vary little, and the owner's walk through every operation is where the depth is.
-EXAMPLES = {"publisher": 25, "listener": 15, "member": 20, "owner": 60, "revoker": 25}
+EXAMPLES = {"publisher": 12, "listener": 8, "member": 10, "owner": 30, "revoker": 12}
 
 SETUP = r"""
 import json
