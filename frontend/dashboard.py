@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -56,9 +57,16 @@ from networks.services import (
     network_unarchive,
     network_update,
 )
-from simulator.models import Simulation, SimulationStatus
+from simulator.models import Simulation, SimulationStatus, Town
 from simulator.selectors import simulation_get_for_org, simulations_of
 from simulator.services import simulation_create, simulation_set_status
+from simulator.towns import (
+    TownError,
+    town_delete,
+    town_get_for_org,
+    town_upload,
+    towns_visible_to,
+)
 from streaming.selectors import listeners_now
 
 from .charts import BarChart, bar_chart
@@ -70,6 +78,7 @@ from .forms import (
     PriceForm,
     RoleForm,
     SimulationForm,
+    TownUploadForm,
 )
 from .selectors import Usage, usage_window
 
@@ -97,6 +106,7 @@ def org_view(minimum: Role | None = None) -> Callable[[View], View]:
                 ApiKey.DoesNotExist,
                 Membership.DoesNotExist,
                 Simulation.DoesNotExist,
+                Town.DoesNotExist,
             ):
                 raise Http404 from None
             except Forbidden:
@@ -537,6 +547,8 @@ def simulations(request: HttpRequest, membership: Membership) -> HttpResponse:
         "simulations.html",
         simulations=simulations_of(organization_id=organization_id),
         form=form,
+        towns=towns_visible_to(organization_id=organization_id),
+        town_form=TownUploadForm(),
     )
 
 
@@ -557,4 +569,48 @@ def simulation_action(
         messages.error(request, f"{simulation.name} cannot start: {error}")
     else:
         messages.success(request, f"{simulation.name} is now {simulation.status}.")
+    return redirect("frontend:simulations", org=membership.organization.slug)
+
+
+# --- Towns (issue 14): upload a SUMO network, delete one --------------------------------------
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def town_upload_page(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """Store an uploaded SUMO network; a worker imports it (its state shows on the page)."""
+    form = TownUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        errors = [e for field_errors in form.errors.values() for e in field_errors]
+        messages.error(request, "Town not uploaded: " + " ".join(errors))
+    elif form.cleaned_data["file"].size > settings.TOWN_MAX_BYTES:
+        messages.error(request, f"A town may have at most {settings.TOWN_MAX_BYTES:,} bytes.")
+    else:
+        upload = form.cleaned_data["file"]
+        try:
+            town = town_upload(
+                organization_id=membership.organization_id,
+                name=form.cleaned_data["name"],
+                file_name=upload.name or "",
+                data=upload.read(),
+            )
+        except TownError as error:
+            messages.error(request, f"Town not uploaded: {error}")
+        else:
+            messages.success(request, f"Town {town.name} uploaded: it is being imported.")
+    return redirect("frontend:simulations", org=membership.organization.slug)
+
+
+@require_POST
+@org_view(minimum=Role.ADMIN)
+def town_delete_page(request: HttpRequest, membership: Membership, town_id: int) -> HttpResponse:
+    town = town_get_for_org(organization_id=membership.organization_id, town_id=town_id)
+    if town.builtin:
+        raise PermissionDenied
+    try:
+        town_delete(town=town)
+    except TownError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Town {town.name} deleted.")
     return redirect("frontend:simulations", org=membership.organization.slug)

@@ -13,6 +13,8 @@ from billing.models import Interval
 from networks.models import Backpressure, KeyScope, Network
 from networks.selectors import networks_of
 from networks.services import NETWORK_EDITABLE_FIELDS
+from simulator.models import Town, TownStatus
+from simulator.towns import towns_visible_to
 
 
 class OrganizationForm(forms.Form):
@@ -140,11 +142,18 @@ class SimulationForm(forms.Form):
     name = forms.CharField(max_length=100)
     network = forms.ModelChoiceField(queryset=Network.objects.none(), to_field_name="slug")
     topology = forms.ChoiceField(
-        choices=[("grid", "Manhattan grid"), ("sample_net", "The 13-street demo town")],
+        choices=[
+            ("grid", "Manhattan grid"),
+            ("sample_net", "The 13-street demo town"),
+            ("sumo", "An uploaded town"),
+        ],
         initial="grid",
     )
     rows = forms.IntegerField(min_value=1, max_value=20, initial=4, help_text="Grid only.")
     cols = forms.IntegerField(min_value=1, max_value=20, initial=4, help_text="Grid only.")
+    town = forms.ModelChoiceField(
+        queryset=Town.objects.none(), required=False, help_text="Uploaded town only (ready ones)."
+    )
     publish_interval_seconds = forms.FloatField(
         min_value=0.2, max_value=86_400, initial=1.0, label="Publish every (seconds)"
     )
@@ -155,7 +164,35 @@ class SimulationForm(forms.Form):
         self.fields["network"].queryset = networks_of(organization_id=organization_id).filter(
             archived_at__isnull=True
         )
+        # Its own ready towns and the built-in ones: never another organization's.
+        self.fields["town"].queryset = towns_visible_to(organization_id=organization_id).filter(
+            status=TownStatus.READY
+        )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("topology") == "sumo" and not data.get("town"):
+            self.add_error("town", "Choose a ready town (upload one below).")
+        return data
 
     def topology_options(self) -> dict:
         data = self.cleaned_data
-        return {"rows": data["rows"], "cols": data["cols"]} if data["topology"] == "grid" else {}
+        if data["topology"] == "grid":
+            return {"rows": data["rows"], "cols": data["cols"]}
+        if data["topology"] == "sumo":
+            return {"town": data["town"].pk}
+        return {}
+
+
+class TownUploadForm(forms.Form):
+    file = forms.FileField(
+        label="SUMO network",
+        help_text=f"A .net.xml (or a gzip of one), at most {settings.TOWN_MAX_BYTES // 1024:,} KiB "
+        "of XML. It is imported in the background: reload to see it ready.",
+    )
+    name = forms.CharField(
+        max_length=100,
+        required=False,
+        validators=[validate_no_control_characters],
+        help_text="Default: the file's name.",
+    )

@@ -40,6 +40,12 @@ urlpatterns = [
         dashboard.simulation_action,
         name="simulation-action",
     ),
+    path("dashboard/<slug:org>/towns/", dashboard.town_upload_page, name="town-upload"),
+    path(
+        "dashboard/<slug:org>/towns/<int:town_id>/delete/",
+        dashboard.town_delete_page,
+        name="town-delete",
+    ),
     path(
         "dashboard/<slug:org>/members/<int:member_id>/",
         dashboard.member_update,

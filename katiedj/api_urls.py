@@ -73,6 +73,12 @@ urlpatterns = [
         simulator_api.SimulationActionView.as_view(),
         name="simulation-action",
     ),
+    path("orgs/<slug:org>/towns/", simulator_api.TownListView.as_view(), name="town-list"),
+    path(
+        "orgs/<slug:org>/towns/<int:town_id>/",
+        simulator_api.TownDetailView.as_view(),
+        name="town-detail",
+    ),
     path("me/tokens/", accounts_api.PersonalTokenListView.as_view(), name="token-list"),
     path(
         "me/tokens/<int:token_id>/",

@@ -402,12 +402,47 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The embedded mode starts a demo simulation on sample_net (`off` to disable).
 DEMO_SIMULATION = os.environ.get("DEMO_SIMULATION", "on").lower() not in {"off", "0", "false"}
-# The largest model a simulation may build (cells over all streets; a 83 x 83 grid at 1 s):
+# The largest model a simulation may build (cells over all streets; an 80 x 80 grid at 1 s):
 # a tiny time step or a forced cell count is refused, not allocated.
 SIMULATION_MAX_CELLS = env_int("SIMULATION_MAX_CELLS", 1_000_000)
-# SUMO networks (.net.xml, .net.xml.gz) the API may name: files the operator puts in this
-# directory. Empty: the API offers no SUMO topology (staff can still set one in the admin).
-SIMULATION_SUMO_DIR = os.environ.get("SIMULATION_SUMO_DIR", "")
+# Quotas of every organization's simulations (docs/simulator.md, "Quotas"), besides the cells
+# above: steps per publish; the shortest time step (s); the work of one tick in cell updates,
+# steps x (cells + 10,000 for a step's fixed cost), ~1 s of NumPy CPU at the default; the CPU
+# seconds one tick may use (past them it is discarded and its simulation stopped); and the
+# simulations an organization may run at once. A request checks them before building anything.
+SIMULATION_MAX_STEPS_PER_PUBLISH = env_int("SIMULATION_MAX_STEPS_PER_PUBLISH", 3600)
+SIMULATION_MIN_DT = float(os.environ.get("SIMULATION_MIN_DT", "") or 0.1)
+SIMULATION_MAX_CELL_UPDATES_PER_TICK = env_int("SIMULATION_MAX_CELL_UPDATES_PER_TICK", 100_000_000)
+SIMULATION_MAX_TICK_CPU_SECONDS = float(os.environ.get("SIMULATION_MAX_TICK_CPU_SECONDS", "") or 10)
+SIMULATION_MAX_RUNNING_PER_ORGANIZATION = env_int("SIMULATION_MAX_RUNNING_PER_ORGANIZATION", 3)
+# Celery's wall-clock limits on a tick or a model build: the soft one (the task is interrupted,
+# its simulation stopped) leaves room for a build on a cold worker and a shared CPU; the hard
+# one kills the worker child if even that does not end it.
+SIMULATION_TICK_SOFT_TIME_LIMIT = 2 * SIMULATION_MAX_TICK_CPU_SECONDS + 5
+SIMULATION_TICK_TIME_LIMIT = SIMULATION_TICK_SOFT_TIME_LIMIT + 10
+# Ticks and model builds run on their own queue, taken by their own worker (platform/Procfile:
+# `simulations`), so webhooks and sweeps on the default queue never wait behind one.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"simulator.tasks.*": {"queue": "simulations"}}
+# Towns: SUMO networks providers upload (never paths on this server). One upload may hold
+# this many bytes of XML (gzip accepted, counted unzipped); an organization this many towns
+# and bytes in all; an import is stopped past its time limit (seconds, in the worker); a
+# signal phase longer than this (seconds) is shortened to it and reported. 8 MiB takes
+# SUMO's Berlin OSM import (5.4 MB; parsed in 0.35 s and ~45 MB of memory).
+TOWN_MAX_BYTES = env_int("TOWN_MAX_BYTES", 8 * 1024 * 1024)
+TOWNS_PER_ORGANIZATION = env_int("TOWNS_PER_ORGANIZATION", 20)
+TOWN_BYTES_PER_ORGANIZATION = env_int("TOWN_BYTES_PER_ORGANIZATION", 50 * 1024 * 1024)
+TOWN_IMPORT_TIME_LIMIT_SECONDS = env_int("TOWN_IMPORT_TIME_LIMIT_SECONDS", 60)
+TOWN_MAX_PHASE_SECONDS = env_int("TOWN_MAX_PHASE_SECONDS", 300)
+# Each worker process keeps the built models of the simulations it ticks (a tick then only
+# checks that the row holds what it saved): at most this many models and cells in all (a kept
+# 83 x 83 grid, 10^6 cells: 20-35 MB of arrays plus its 27 MB street network).
+SIMULATION_MODEL_CACHE_MODELS = env_int("SIMULATION_MODEL_CACHE_MODELS", 8)
+SIMULATION_MODEL_CACHE_CELLS = env_int("SIMULATION_MODEL_CACHE_CELLS", 2_000_000)
+# Where numba caches the compiled model kernels (`manage.py simulator_warm` fills it at image
+# build). Unwritable (a read-only install): a private temp directory, seeded from this one when
+# it holds kernels; nothing writable: compiled in memory by each process. Never an error.
+SIMULATION_NUMBA_CACHE_DIR = os.environ.get("NUMBA_CACHE_DIR", "") or str(VAR_DIR / "numba-cache")
 
 # --- Publishing ------------------------------------------------------------------------
 

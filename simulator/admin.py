@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import Simulation, SimulationStatus
+from .models import Simulation, SimulationStatus, Town
 from .services import simulation_reset, simulation_set_status
 
 
@@ -36,3 +36,17 @@ class SimulationAdmin(admin.ModelAdmin):
     def reset(self, request: HttpRequest, queryset: QuerySet[Simulation]) -> None:
         for simulation in queryset:
             simulation_reset(simulation=simulation)
+
+
+@admin.register(Town)
+class TownAdmin(admin.ModelAdmin):
+    """Uploaded towns (read-only here: a new file is a new town); built-in ones have no
+    organization (``manage.py town add``)."""
+
+    list_display = ["name", "organization", "status", "size_bytes", "created_at", "imported_at"]
+    list_filter = ["status"]
+    fields = ["name", "organization", "file_name", "status", "error", "warnings", "summary"]
+    readonly_fields = ["organization", "file_name", "status", "error", "warnings", "summary"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # uploads go through the API or `manage.py town add`, which import them

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
-import xml.etree.ElementTree as ET
 from functools import lru_cache
 from typing import Any
 
 from django.db.models import QuerySet
 
 from .models import Simulation, Topology
+from .towns import town_layout
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def _street_map(topology: str, options_json: str) -> dict[str, Any]:
     elif topology == Topology.GRID:
         positions = {n: _grid_position(n) for n in node_ids}
     else:
-        positions = _sumo_positions(options.get("path", ""), node_ids)
+        positions = _town_positions(options, node_ids)
     signals = {plan.node for plan in model_topology.signals}
     return {
         "nodes": [
@@ -108,19 +107,12 @@ def _grid_position(node: str) -> tuple[float, float]:
     return float(col), float(row)
 
 
-def _sumo_positions(path: str, node_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """Junction coordinates from the SUMO file (y flipped: SUMO's y grows northwards)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        root = ET.parse(handle).getroot()  # noqa: S314 (the operator's own file, not user input)
-    found = {
-        j.get("id"): (float(j.get("x", 0)), -float(j.get("y", 0)))
-        for j in root.iter("junction")
-        if j.get("id") in set(node_ids)
-    }
-    if len(found) < len(node_ids):
+def _town_positions(options: dict[str, Any], node_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """Junction coordinates stored with the town at its import (y already flipped)."""
+    found = town_layout(options)
+    if any(n not in found for n in node_ids):
         return _circle(node_ids)
-    return found
+    return {n: found[n] for n in node_ids}
 
 
 def _circle(node_ids: list[str]) -> dict[str, tuple[float, float]]:

@@ -1,6 +1,7 @@
 """Macroscopic traffic model: the Cell Transmission Model on a signalized street graph.
 
-Pure NumPy (Numba optional, for speed); no Django. Typical use::
+Pure NumPy (Numba optional, for speed, imported only on the first step of a model that uses
+it: see ``_kernels``); no Django. Typical use::
 
     from simulator.model import ModelParams, TrafficModel, manhattan_grid
 

@@ -11,11 +11,27 @@ Per cell c of a street (a = vΔt/Δx, b = wΔt/Δx, q = QΔt, j = ρ_jam·Δx, v
     F_c = min(a·n_c, q, b·(j − n_{c+1}))      for all but the street's last cell
     F_last = outflow decided by the node model
     n_c ← (n_c − F_c) + F_{c−1}                with F_{first−1} = inflow from the node model
+
+Numba is loaded lazily, by :func:`numba_kernels` on the first step of a model using it: importing
+this module (or running the NumPy backend) never imports Numba, which costs 0.5-1.5 s. Compiled
+kernels are cached on disk in the first usable directory among :func:`configure_cache`'s, the
+``NUMBA_CACHE_DIR`` environment variable and a private directory under the temp dir; a read-only
+cache (compiled at image build) seeds the writable one; with nothing writable the kernels are
+compiled in memory each process (never an error). :func:`warm` compiles them ahead of time.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -23,12 +39,18 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
-try:  # Numba is optional: without it the NumPy sweep runs (2-3.5x slower on big networks).
-    import numba as _numba
-except ImportError:  # pragma: no cover - depends on the environment
-    _numba = None
+logger = logging.getLogger(__name__)
 
-HAVE_NUMBA = _numba is not None
+
+def _numba_installed() -> bool:
+    try:  # find_spec locates the package without importing it
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):  # pragma: no cover - a broken or odd installation
+        return False
+
+
+HAVE_NUMBA = _numba_installed()
+"""Numba is installed (not necessarily imported yet): ``backend="auto"`` will use it."""
 # The sweep is deliberately single-threaded: on a 2-core machine a prange version measured
 # 2x slower at 10^6 cells (its idle workers compete with the NumPy node model), and threads
 # started before a fork (Celery prefork) are a hazard.
@@ -112,12 +134,165 @@ def _spread(
         inflow[m_to[k]] += m_beta[k] * outflow[m_from[k]]
 
 
-if _numba is not None:
-    sweep = _numba.njit(cache=True, nogil=True)(_sweep)
-    node = _numba.njit(cache=True, nogil=True)(_node)
-    spread = _numba.njit(cache=True, nogil=True)(_spread)
-else:  # pragma: no cover - depends on the environment
-    sweep = node = spread = None
+class NumbaKernels(NamedTuple):
+    """The compiled kernels and where they are cached (None: compiled in memory only)."""
+
+    sweep: Callable[..., None]
+    node: Callable[..., None]
+    spread: Callable[..., None]
+    cache_dir: str | None
+
+
+_requested_cache_dirs: tuple[str, ...] = ()
+_loaded: NumbaKernels | None = None
+_load_error: ImportError | OSError | None = None
+_load_lock = threading.Lock()
+
+
+def configure_cache(*directories: str | os.PathLike[str] | None) -> None:
+    """Preferred cache directories, best first (empty ones are skipped); tried before
+    ``NUMBA_CACHE_DIR`` and the temp dir. Only effective before :func:`numba_kernels` runs."""
+    global _requested_cache_dirs
+    _requested_cache_dirs = tuple(os.fspath(d) for d in directories if d)
+
+
+def _writable(path: str) -> bool:
+    # The same probe numba runs before it caches into a directory.
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _private_temp_dir() -> str | None:
+    """``<tmp>/katiedj-numba-<uid>``, only if this user owns it and no one else may write it:
+    the cache holds pickles that numba loads, so a directory another user planted is refused."""
+    try:
+        path = os.path.join(tempfile.gettempdir(), f"katiedj-numba-{os.getuid()}")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:  # also FileNotFoundError: gettempdir() found no writable directory
+        return None
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        logger.warning("not caching numba kernels in %s: not a private directory", path)
+        return None
+    return path
+
+
+def _has_cache_files(path: str) -> bool:
+    try:
+        return any(Path(path).rglob("*.nbi"))
+    except OSError:
+        return False
+
+
+def _seed(source: str, target: str) -> None:
+    """Copy a read-only cache (compiled at image build) into the writable one: numba only reads
+    a cache from a directory it can also write."""
+    try:
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    except (OSError, shutil.Error) as exc:  # a partial copy only costs a compilation
+        logger.warning("could not seed the numba cache %s from %s: %s", target, source, exc)
+
+
+def choose_cache_dir() -> str | None:
+    """The directory compiled kernels go to: the first writable one among the configured
+    directories, ``NUMBA_CACHE_DIR`` and a private temp directory; None when none is."""
+    candidates = [*_requested_cache_dirs, os.environ.get("NUMBA_CACHE_DIR", "")]
+    seed: str | None = None
+    for path in dict.fromkeys(c for c in candidates if c):
+        if _writable(path):
+            if seed is not None and not _has_cache_files(path):
+                _seed(seed, path)
+            return path
+        if seed is None and _has_cache_files(path):
+            seed = path
+    fallback = _private_temp_dir()
+    if fallback is not None and _writable(fallback):
+        if seed is not None and not _has_cache_files(fallback):
+            _seed(seed, fallback)
+        return fallback
+    return None
+
+
+def _compile() -> NumbaKernels:
+    cache_dir = choose_cache_dir()
+    if cache_dir is not None:
+        # numba reads NUMBA_CACHE_DIR when it is first imported and config.CACHE_DIR each time
+        # it looks for a cache: set both (numba may already be imported by someone else).
+        os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    import numba
+    import numba.core.config
+
+    if cache_dir is not None:
+        numba.core.config.CACHE_DIR = cache_dir
+
+    uncached: list[str] = []
+
+    def jit(function: Callable[..., None]) -> Callable[..., None]:
+        try:
+            return numba.njit(cache=True, nogil=True)(function)
+        except RuntimeError:
+            # "cannot cache function": no directory numba accepts (read-only code, home and
+            # temp dir). Compiling in memory costs seconds per process, never a failed start.
+            uncached.append(function.__name__)
+            return numba.njit(cache=False, nogil=True)(function)
+
+    kernels = NumbaKernels(jit(_sweep), jit(_node), jit(_spread), cache_dir)
+    if uncached:
+        logger.warning("no writable directory for the numba cache: kernels compile per process")
+    return kernels
+
+
+def numba_kernels() -> NumbaKernels:
+    """Import Numba and wrap the kernels (once per process; compiled, or loaded from the cache,
+    on their first call). Raises ImportError (or OSError) when Numba is missing or broken, every
+    time without trying again."""
+    global _loaded, _load_error
+    with _load_lock:
+        if _load_error is not None:
+            raise _load_error
+        if _loaded is None:
+            try:
+                _loaded = _compile()
+            except (ImportError, OSError) as exc:
+                _load_error = exc
+                raise
+        return _loaded
+
+
+def cache_stats() -> dict[str, dict[str, int]]:
+    """Per kernel: signatures loaded from the disk cache (hits) and compiled (misses)."""
+    if _loaded is None:
+        return {}
+    stats = {}
+    for name in ("sweep", "node", "spread"):
+        dispatcher: Any = getattr(_loaded, name)
+        info = dispatcher.stats
+        stats[name] = {
+            "hits": sum(info.cache_hits.values()),
+            "misses": sum(info.cache_misses.values()),
+        }
+    return stats
+
+
+def warm() -> NumbaKernels:
+    """Compile (or load from the cache) every kernel signature a model uses, by stepping a
+    small model in each signal mode: run at image build so the first tick does not compile."""
+    from .ctm import TrafficModel  # the model imports this module
+    from .grid import manhattan_grid
+    from .params import ModelParams
+
+    for mode in ("switching", "averaged"):
+        params = ModelParams(signal_mode=mode, backend="numba")
+        TrafficModel(manhattan_grid(2, 2, demand=0.2), params).step(3)
+    return numba_kernels()
 
 
 class NumpySweep:

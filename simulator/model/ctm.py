@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,7 +136,8 @@ class TrafficModel:
         else:
             self._slots = self.signals.averaged_slots()
 
-        self._sweep = self._pick_sweep(params.backend)
+        self._sweep: Callable[[FloatArray, FloatArray, FloatArray], None] | None = None
+        self._pick_backend(params.backend)
         self._layout = self._fingerprint()
 
         # State.
@@ -152,28 +153,44 @@ class TrafficModel:
 
     # ------------------------------------------------------------------ construction helpers
 
-    def _pick_sweep(self, backend: str) -> Any:
+    def _pick_backend(self, backend: str) -> None:
         if backend == "numba" and not _kernels.HAVE_NUMBA:
             raise ModelConfigError("backend='numba' requested but numba is not installed")
         if backend == "numpy" or not _kernels.HAVE_NUMBA:
-            self.backend = "numpy"
-            self._node_flows = self._node_flows_numpy
-            self._spread = self._spread_numpy
-            return _kernels.NumpySweep(
-                self.cells_per_street, self.first, self.last, self._a, self._b, self._q, self._j
-            )
+            self._use_numpy()
+            return
+        # Numba itself is imported on the first step (_bind_numba): building a model only to
+        # validate it, or to restore a state, must not pay its import.
         self.backend = "numba"
         self._node_flows = self._node_flows_numba
         self._spread = self._spread_numba
         self._scratch_requests = np.empty(len(self.street_ids))
         self._scratch_ratio = np.empty(len(self.street_ids))
-        kernel = _kernels.sweep
+
+    def _use_numpy(self) -> None:
+        self.backend = "numpy"
+        self._node_flows = self._node_flows_numpy
+        self._spread = self._spread_numpy
+        self._sweep = _kernels.NumpySweep(
+            self.cells_per_street, self.first, self.last, self._a, self._b, self._q, self._j
+        )
+
+    def _bind_numba(self) -> None:
+        try:
+            kernels = _kernels.numba_kernels()
+        except (ImportError, OSError) as exc:  # installed but broken (llvmlite): NumPy is identical
+            if self.params.backend == "numba":
+                raise ModelConfigError(f"backend='numba' requested but numba fails: {exc}") from exc
+            self._use_numpy()
+            return
+        self._node_kernel, self._spread_kernel = kernels.node, kernels.spread
+        sweep_kernel = kernels.sweep
         first, last, a, b, q, j = self.first, self.last, self._a, self._b, self._q, self._j
 
         def sweep(n: FloatArray, outflow: FloatArray, inflow: FloatArray) -> None:
-            kernel(n, first, last, a, b, q, j, outflow, inflow)
+            sweep_kernel(n, first, last, a, b, q, j, outflow, inflow)
 
-        return sweep
+        self._sweep = sweep
 
     def _fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -233,7 +250,7 @@ class TrafficModel:
 
     def _node_flows_numba(self, demand: FloatArray, supply: FloatArray) -> FloatArray:
         outflow = np.empty_like(demand)
-        _kernels.node(
+        self._node_kernel(
             demand,
             supply,
             self._m_from,
@@ -260,10 +277,12 @@ class TrafficModel:
 
     def _spread_numba(self, outflow: FloatArray) -> FloatArray:
         inflow = np.empty_like(outflow)
-        _kernels.spread(outflow, self._m_from, self._m_to, self._m_beta, inflow)
+        self._spread_kernel(outflow, self._m_from, self._m_to, self._m_beta, inflow)
         return inflow
 
     def _advance(self) -> None:
+        if self._sweep is None:
+            self._bind_numba()
         n = self._n
         dt = self.params.dt
         demand = np.minimum(self._a * n[self.last], self._q)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from openapi_spec_validator import validate
 from rest_framework.test import APIClient
 
@@ -60,6 +61,11 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
     from simulator.models import Simulation
 
     simulation = Simulation.objects.create(name="s", network=acme.network, topology="sample_net")
+    from simulator.models import Town
+
+    town = Town.objects.create(
+        organization=acme.organization, name="t", source=b"<net/>", size_bytes=6
+    )
     params = {
         "org": "acme",
         "slug": "acme-live",
@@ -68,6 +74,7 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
         "invitation_id": pending.pk,
         "token_id": token.pk,
         "simulation_id": simulation.pk,
+        "town_id": town.pk,
         "action": "start",
     }
     bodies = {**BODIES, ("/api/v1/invitations/accept/", "post"): {"token": accept_token}}
@@ -91,7 +98,11 @@ def test_every_documented_operation_works_for_an_owner(acme, globex, as_user):
             assert 200 <= response.status_code < 300, response.text
             assert str(response.status_code) in documented, (method, path)
             continue
-        response = getattr(owner, method)(url, data=bodies.get((path, method)), format="json")
+        if (path, method) == ("/api/v1/orgs/{org}/towns/", "post"):  # a file upload
+            upload = SimpleUploadedFile("town.net.xml", b"<net/>")
+            response = owner.post(url, {"file": upload}, format="multipart")
+        else:
+            response = getattr(owner, method)(url, data=bodies.get((path, method)), format="json")
         assert 200 <= response.status_code < 300, (
             method,
             path,

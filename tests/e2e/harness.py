@@ -306,10 +306,22 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def celery_worker(env: dict[str, str], log_path: Path, beat: bool = False) -> Iterator[None]:
-    """A real Celery worker process (optionally with beat) for the duration of the block."""
-    command = [sys.executable, "-m", "celery", "-A", "katiedj", "worker", "--pool", "solo",
+def celery_worker(
+    env: dict[str, str],
+    log_path: Path,
+    beat: bool = False,
+    queues: str = "celery",
+    pool: str = "solo",
+) -> Iterator[None]:
+    """A real Celery worker process (optionally with beat) for the duration of the block.
+
+    ``queues``: what it consumes, as ``-Q`` (the Procfile's default worker: ``celery``; its
+    simulations worker: ``simulations``). ``pool="prefork"`` (one child) enforces time limits,
+    which the solo pool ignores.
+    """
+    command = [sys.executable, "-m", "celery", "-A", "katiedj", "worker", "--pool", pool,
                "-n", f"e2e-{uuid.uuid4().hex[:8]}@localhost", "--loglevel", "INFO"]  # fmt: skip
+    command += ["-Q", queues] + (["--concurrency", "1"] if pool == "prefork" else [])
     if beat:
         command += ["--beat", "--schedule", str(log_path.with_suffix(".schedule"))]
     log = log_path.open("wb")

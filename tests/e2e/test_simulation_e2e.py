@@ -11,6 +11,8 @@ import websockets
 from .harness import celery_worker, manage, start_embedded_stack
 
 pytestmark = pytest.mark.e2e
+# Ticks go to their own queue (platform/Procfile's `simulations` worker); one worker takes both.
+BOTH_QUEUES = "celery,simulations"
 
 
 async def frames(url: str, count: int, within: float) -> list[dict]:
@@ -56,10 +58,10 @@ async def test_beat_and_a_worker_step_a_simulation_and_a_restart_resumes_without
                         assert len(sample["state"]) > 8
                         steps.append(sample["step"])
 
-            with celery_worker(stack.env, tmp_path / "worker1.log", beat=True):
+            with celery_worker(stack.env, tmp_path / "worker1.log", True, BOTH_QUEUES):
                 await collect(3)
             # The worker (and its beat) is gone; a new one resumes from the saved step.
-            with celery_worker(stack.env, tmp_path / "worker2.log", beat=True):
+            with celery_worker(stack.env, tmp_path / "worker2.log", True, BOTH_QUEUES):
                 await collect(3)
     finally:
         await asyncio.to_thread(manage, stack.env, "simulation", "stop", "e2e-town")

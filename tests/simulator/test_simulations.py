@@ -158,15 +158,20 @@ async def test_a_listened_only_simulation_waits_for_its_first_listener(sample):
     await sync_to_async(connections.close_all)()
 
 
+@pytest.mark.django_db
 def test_a_sumo_town_is_built_for_the_simulations_time_step():
     """Short SUMO edges are stretched for ``model_options["dt"]``, so a coarse step still runs."""
     from pathlib import Path
 
+    from simulator.models import Town
     from simulator.services import build_model
+    from simulator.towns import town_import
 
-    path = Path(__file__).resolve().parent / "data" / "cross.net.xml"
+    data = (Path(__file__).resolve().parent / "data" / "cross.net.xml").read_bytes()
+    town = Town.objects.create(name="cross", source=data, size_bytes=len(data))
+    assert town_import(town_id=town.pk) == "ready"
     simulation = Simulation(
-        topology=Topology.SUMO, topology_options={"path": str(path)}, model_options={"dt": 5.0}
+        topology=Topology.SUMO, topology_options={"town": town.pk}, model_options={"dt": 5.0}
     )
     model = build_model(simulation)
     model.step(2)

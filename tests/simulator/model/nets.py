@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 
 import numpy as np
+import pytest
 
 from simulator.model import Phase, SignalPlan, Street, Topology, TrafficModel, Turn
 from simulator.model.params import (
@@ -20,6 +22,18 @@ Q = DEFAULT_CAPACITY  # veh/s/lane
 RHO_JAM = DEFAULT_JAM_DENSITY  # veh/m/lane
 RHO_C = Q / V
 DX = V * 1.0  # cell length at Δt = 1 s
+
+BACKENDS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param(
+        "numba",
+        id="numba",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("numba") is None, reason="numba is not installed"
+        ),
+    ),
+]
+"""Both cell-sweep / node-model backends, for ``@pytest.mark.parametrize("backend", BACKENDS)``."""
 
 
 def q_of(rho: float) -> float:
