@@ -73,3 +73,14 @@ def other_org(db) -> Organization:
 @pytest.fixture
 def other_network(other_org) -> Network:
     return NetworkFactory(organization=other_org, slug="globex-weather")
+
+
+@pytest.fixture
+def eager_celery():
+    """Run tasks inline whatever the broker settings (the worker path has e2e tests of its own)."""
+    from katiedj.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous

@@ -34,17 +34,6 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 """
 
 
-@pytest.fixture
-def eager_celery():
-    """Run tasks inline whatever the broker settings (a real worker: tests/e2e/test_towns_e2e)."""
-    from katiedj.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
 def upload(client, data: bytes, name: str | None = None, file_name: str = "town.net.xml"):
     body = {"file": SimpleUploadedFile(file_name, data, content_type="application/xml")}
     if name is not None:

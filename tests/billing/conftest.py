@@ -20,17 +20,6 @@ async def _close_connections_opened_in_worker_threads():
 
 
 @pytest.fixture
-def eager_celery():
-    """Run tasks inline, whatever the broker settings (the worker path has its own e2e test)."""
-    from katiedj.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def premium(db):
     """A paid network."""
     from tests.factories import NetworkFactory

@@ -20,16 +20,6 @@ ARTERIAL = (
 ).read_bytes()
 
 
-@pytest.fixture
-def eager_celery():
-    from katiedj.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
 def browser_for(user) -> Client:
     client = Client()
     client.force_login(user)

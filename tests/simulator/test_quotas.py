@@ -164,17 +164,6 @@ def test_a_model_that_cannot_be_built_stops_its_simulation_with_the_reason(netwo
     assert simulation_problem(simulation.pk) is None
 
 
-@pytest.fixture
-def eager_celery():
-    """Run tasks inline whatever the broker settings (a real worker: tests/e2e)."""
-    from katiedj.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
 @pytest.mark.django_db
 def test_a_town_is_built_by_a_worker_after_it_is_created(
     network, eager_celery, django_capture_on_commit_callbacks
