@@ -662,3 +662,21 @@ class PostgresProxy:
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+
+
+def post_signed_webhook(url: str, event: dict, secret: str) -> int:
+    """POST a Stripe event to the platform's webhook as Stripe would: signed with ``secret``."""
+    from tests.stripe_fake import sign_payload
+
+    body = json.dumps(event).encode()
+    request = urllib.request.Request(  # noqa: S310
+        url,
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Stripe-Signature": sign_payload(body, secret),
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return response.status

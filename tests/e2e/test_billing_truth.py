@@ -9,18 +9,22 @@ Whatever the interleaving, the subscription ends up as Stripe has it: canceled.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import threading
 import time
-import urllib.request
 
 import psycopg
 import pytest
 
-from tests.stripe_fake import FakeStripeProcess, sign_payload
+from tests.stripe_fake import FakeStripeProcess
 
-from .harness import celery_worker, manage, require_production_services, start_production_stack
+from .harness import (
+    celery_worker,
+    manage,
+    post_signed_webhook,
+    require_production_services,
+    start_production_stack,
+)
 
 pytestmark = pytest.mark.e2e
 WEBHOOK_SECRET = "whsec_truth"
@@ -62,18 +66,7 @@ def truth_stack(tmp_path_factory):
 
 
 def post_signed(url: str, event: dict) -> int:
-    body = json.dumps(event).encode()
-    request = urllib.request.Request(  # noqa: S310
-        url,
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            "Stripe-Signature": sign_payload(body, WEBHOOK_SECRET),
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        return response.status
+    return post_signed_webhook(url, event, WEBHOOK_SECRET)
 
 
 def post_at_once(url: str, events: list[dict]) -> list[int]:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
-from tests.stripe_fake import FakeStripeProcess, sign_payload
+from tests.stripe_fake import FakeStripeProcess
 
 from .harness import (
     REPO_ROOT,
@@ -37,6 +36,7 @@ from .harness import (
     celery_worker,
     free_port,
     manage,
+    post_signed_webhook,
     require_production_services,
     start_production_stack,
 )
@@ -101,18 +101,7 @@ class SilentStripe:
 
 
 def post_signed(url: str, event: dict) -> int:
-    body = json.dumps(event).encode()
-    request = urllib.request.Request(  # noqa: S310
-        url,
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            "Stripe-Signature": sign_payload(body, WEBHOOK_SECRET),
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        return response.status
+    return post_signed_webhook(url, event, WEBHOOK_SECRET)
 
 
 def wait_until(condition, timeout: float, what: str, log: Path | None = None):  # type: ignore[no-untyped-def]
