@@ -23,7 +23,6 @@ import websockets
 
 from .harness import (
     require_production_services,
-    start_embedded_stack,
     start_production_stack,
 )
 from .test_backpressure import PAD, network_with_policy
@@ -35,15 +34,14 @@ PUBLISH_AT_MOST = 3000  # ~140 MB at 48 KB: far more than any deadline needs
 GENEROUS = 60.0  # seconds to wait for what should take a few
 
 
-@pytest.fixture(scope="module", params=["embedded", "production"])
-def quick_stack(request, tmp_path_factory):
-    """One server process with short write and close deadlines."""
-    tmp = tmp_path_factory.mktemp(f"stalled-{request.param}")
-    if request.param == "production":
-        require_production_services()
-        stack = start_production_stack(tmp, processes=1, extra_env=QUICK_DEADLINES)
-    else:
-        stack = start_embedded_stack(tmp, QUICK_DEADLINES)
+@pytest.fixture(scope="module")
+def quick_stack(tmp_path_factory):
+    """One server process with short write and close deadlines. The production stack only:
+    `make run`'s server runs the same protocol (tests/katiedj/test_ws_protocol.py checks that
+    every command line names it), and the suite's time is better spent elsewhere."""
+    require_production_services()
+    tmp = tmp_path_factory.mktemp("stalled")
+    stack = start_production_stack(tmp, processes=1, extra_env=QUICK_DEADLINES)
     yield stack
     stack.stop()
 
