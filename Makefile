@@ -12,7 +12,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 CHROMIUM ?= /usr/bin/chromium
 SCREENSHOTS ?= var/test-artifacts/screenshots
 
-.PHONY: install chromium run test test-embedded test-production test-browser lint format bench clean
+.PHONY: install chromium run test test-embedded test-production test-browser lint format bench bench-mutation clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ format: install
 
 bench: install
 	$(PY) -m bench.fanout --listeners 1000 --rate 100 --duration 10
+
+## Mutation testing of simulator/model (about an hour; never part of `make test` or CI):
+## the known bugs of issue 14 must be caught, then mutmut. See bench/MUTATION.md.
+bench-mutation: install
+	$(PY) -m pip install --quiet -e ".[mutation]"
+	$(PY) -m bench.mutation known-bugs
+	$(PY) -m bench.mutation run --json bench/results/mutation.json
 
 clean:
 	rm -rf $(VENV) var
