@@ -11,27 +11,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from simulator.models import Simulation, Town, TownStatus
 from simulator.services import build_model
+from tests.simulator.hostile_xml import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 pytestmark = pytest.mark.django_db
 
 DATA = Path(__file__).resolve().parents[1] / "simulator" / "data"
 ARTERIAL = (DATA / "arterial.net.xml").read_bytes()
 CROSS = (DATA / "cross.net.xml").read_bytes()
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE net [
- <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">
- <!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
- <!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">
- <!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">
- <!ENTITY e "&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;">
- <!ENTITY f "&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;">
-]>
-<net><edge id="&f;" from="A" to="B"><lane index="0" length="100"/></edge></net>
-"""
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE net [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
-<net><edge id="&secret;" from="A" to="B"><lane index="0" length="100"/></edge></net>
-"""
 
 
 def upload(client, data: bytes, name: str | None = None, file_name: str = "town.net.xml"):

@@ -13,6 +13,7 @@ import pytest
 from simulator.model import ModelParams, TopologyError, TrafficModel, load_sumo_net
 from simulator.model.serialize import topology_from_json, topology_to_json
 from simulator.model.sumo import MAX_PHASE_SECONDS, fit_to_time_step, import_sumo_net
+from tests.simulator.hostile_xml import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 from .nets import conservation_error
 
@@ -130,22 +131,6 @@ def test_an_imported_town_survives_json_and_is_fitted_to_any_time_step():
 
 # --------------------------------------------------------------------------- hostile files
 
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE net [
- <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">
- <!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
- <!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">
- <!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">
- <!ENTITY e "&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;">
- <!ENTITY f "&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;">
- <!ENTITY g "&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;">
-]>
-<net><edge id="&g;" from="A" to="B"><lane index="0" length="100"/></edge></net>
-"""
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE net [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
-<net><edge id="&secret;" from="A" to="B"><lane index="0" length="100"/></edge></net>
-"""
 EXTERNAL_DTD = b"""<?xml version="1.0"?>
 <!DOCTYPE net SYSTEM "file:///etc/passwd">
 <net/>
