@@ -170,6 +170,11 @@ def build_scratch(workdir: Path, mutmut: str = "") -> None:
     shutil.copytree(REPO / "tests/simulator/data", workdir / "tests/simulator/data")
     for package in ("simulator", "tests", "tests/simulator"):
         (workdir / package / "__init__.py").touch()
+    # Helper modules the model tests import (tests/simulator/hostile_xml.py, ...): plain data,
+    # no Django; the suites beside them (test_*.py) stay out.
+    for helper in (REPO / "tests/simulator").glob("*.py"):
+        if not helper.name.startswith("test_"):
+            shutil.copy2(helper, workdir / "tests/simulator" / helper.name)
     (workdir / "pyproject.toml").write_text(PYTEST_CONFIG + mutmut)
     where = subprocess.run(
         [sys.executable, "-c", "import simulator.model as m; print(m.__file__)"],

@@ -108,16 +108,38 @@ def test_signal_program_rules():
     assert [w["code"] for w in topo.meta["warnings"]] == []
 
 
+def test_directions_all_weighted_zero_fall_back_to_lane_connection_counts():
+    """With weights that give every direction of "in" zero, its turns follow its lane
+    connections instead: two straight on, one right."""
+    turns = import_sumo_net(T_JUNCTION, turn_weights={"s": 0.0, "r": 0.0}).topology.turns
+    assert {(t.from_street, t.to_street): t.ratio for t in turns} == {
+        ("in", "straight"): pytest.approx(2 / 3),
+        ("in", "right"): pytest.approx(1 / 3),
+    }
+
+
+LONELY_LIGHT = b"""<net>
+  <edge id="a" from="A" to="B"><lane id="a_0" index="0" speed="13.89" length="200"/></edge>
+  <edge id="b" from="B" to="C"><lane id="b_0" index="0" speed="13.89" length="200"/></edge>
+  <connection from="a" to="b" fromLane="0" toLane="0" dir="s" tl="B" linkIndex="LINK"/>
+  <tlLogic id="B" type="static" programID="0" offset="0">PHASES</tlLogic>
+</net>"""
+
+
+def _lonely(link: str, phases: str) -> bytes:
+    return LONELY_LIGHT.replace(b"LINK", link.encode()).replace(b"PHASES", phases.encode())
+
+
+def test_a_program_without_a_usable_phase_is_ignored_and_reported():
+    topo = import_sumo_net(_lonely("0", '<phase duration="0" state="G"/>')).topology
+    assert topo.signals == []
+    assert [(w["code"], w["items"]) for w in topo.meta["warnings"]] == [("no_phase", ["B"])]
+
+
 def test_a_link_index_past_the_program_state_is_read_as_red():
     """A file whose program state is shorter than its link indices: the link is never green
     (and, never green at all, the approach is left unsignalled and reported), not a crash."""
-    data = b"""<net>
-  <edge id="a" from="A" to="B"><lane id="a_0" index="0" speed="13.89" length="200"/></edge>
-  <edge id="b" from="B" to="C"><lane id="b_0" index="0" speed="13.89" length="200"/></edge>
-  <connection from="a" to="b" fromLane="0" toLane="0" dir="s" tl="B" linkIndex="1"/>
-  <tlLogic id="B" type="static" programID="0" offset="0"><phase duration="30" state="G"/></tlLogic>
-</net>"""
-    topo = import_sumo_net(data).topology
+    topo = import_sumo_net(_lonely("1", '<phase duration="30" state="G"/>')).topology
     assert [w["items"] for w in topo.meta["warnings"] if w["code"] == "never_green"] == [["B: a"]]
 
 
@@ -192,3 +214,22 @@ def test_the_size_limit_admits_a_file_of_exactly_that_size():
     assert import_sumo_net(RING, max_xml_bytes=len(RING)).topology.streets
     with pytest.raises(TopologyError, match=f"more than {len(RING) - 1:,} bytes"):
         import_sumo_net(RING, max_xml_bytes=len(RING) - 1)
+
+
+def test_load_sumo_net_passes_its_options_on(tmp_path):
+    """The file loader is the importer plus a file: every option reaches the import."""
+    town = tmp_path / "t.net.xml"
+    town.write_bytes(T_JUNCTION)
+    topo = load_sumo_net(
+        town, demand_per_lane=0.3, turn_weights={"s": 0.5, "r": 0.5}, max_phase_seconds=20
+    )
+    streets = {s.id: s for s in topo.streets}
+    assert streets["in"].demand == pytest.approx(0.9)  # three car lanes
+    ratios = {(t.from_street, t.to_street): t.ratio for t in topo.turns}
+    assert ratios[("in", "straight")] == pytest.approx(2 / 3)
+    assert [p.duration for p in topo.signals[0].phases] == [20.0, 20.0, 1.0]
+    ring = tmp_path / "ring.net.xml"
+    ring.write_bytes(RING)
+    shares = sorted(s.exit_share for s in load_sumo_net(ring, dead_end_exit_share=0.5).streets)
+    assert shares == [0.0, 0.5]
+    assert sorted(s.exit_share for s in load_sumo_net(ring).streets) == [0.0, 0.2]
