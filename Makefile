@@ -64,7 +64,7 @@ format: install
 bench: install
 	$(PY) -m bench.fanout --listeners 1000 --rate 100 --duration 10
 
-## Mutation testing of simulator/model (about an hour; never part of `make test` or CI):
+## Mutation testing of simulator/model (5-10 minutes; never part of `make test` or CI):
 ## the known bugs of issue 14 must be caught, then mutmut. See bench/MUTATION.md.
 bench-mutation: install
 	$(PY) -m pip install --quiet -e ".[mutation]"

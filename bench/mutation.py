@@ -7,12 +7,12 @@ tree, which they only read):
     Plants, one at a time, the bugs that once passed the whole model suite (issue 14: a signal
     gate applied one step late, a source that ignores junction inflow when taking supply, a cell
     sweep without its capacity cap, for both backends) and runs the model tests against each.
-    Every bug must make some test fail; the command exits non-zero otherwise. About a minute.
+    Every bug must make some test fail; the command exits non-zero otherwise. About 30 s.
 
 ``run``
     mutmut over ``simulator/model`` with ``tests/simulator/model`` as the runner; prints the
     counts and the time, writes every surviving mutant's diff to ``<workdir>/survivors.md``.
-    Tens of minutes: a benchmark, never part of ``make test`` or CI. Needs the ``mutation``
+    5-10 minutes on 2 cores: a benchmark, never part of ``make test`` or CI. Needs the ``mutation``
     extra (``pip install -e '.[mutation]'``).
 
 Usage (from the repository root)::
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bugs = sub.add_parser("known-bugs", help="plant the bugs of issue 14, check the tests fail")
     bugs.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR / "known-bugs")
-    run = sub.add_parser("run", help="mutmut over simulator/model (tens of minutes)")
+    run = sub.add_parser("run", help="mutmut over simulator/model (5-10 minutes)")
     run.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR / "mutmut")
     run.add_argument(
         "--pass",
