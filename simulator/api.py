@@ -31,6 +31,7 @@ from .output import EXTRAS
 from .quotas import MAX_GRID_SIDE, QuotaExceeded, RunningLimitReached
 from .selectors import simulation_get_for_org, simulations_of
 from .services import (
+    SETTINGS_FIELDS,
     simulation_check,
     simulation_create,
     simulation_problem,
@@ -168,17 +169,10 @@ class SimulationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Simulation
+        # What a provider sets is the service's list (simulation_update), in its order.
         fields = [
             "id",
-            "name",
-            "network",
-            "topology",
-            "topology_options",
-            "model_options",
-            "steps_per_publish",
-            "publish_interval_seconds",
-            "extras",
-            "only_while_listened",
+            *SETTINGS_FIELDS,
             "status",
             "step",
             "sim_time",

@@ -392,18 +392,16 @@ def simulation_set_status(
     return simulation
 
 
-SETTINGS_FIELDS = frozenset(
-    {
-        "name",
-        "network",
-        "topology",
-        "topology_options",
-        "model_options",
-        "steps_per_publish",
-        "publish_interval_seconds",
-        "extras",
-        "only_while_listened",
-    }
+SETTINGS_FIELDS = (
+    "name",
+    "network",
+    "topology",
+    "topology_options",
+    "model_options",
+    "steps_per_publish",
+    "publish_interval_seconds",
+    "extras",
+    "only_while_listened",
 )
 """What :func:`simulation_update` may change (the rest is the tick's or the status's)."""
 
@@ -416,7 +414,7 @@ def simulation_update(*, simulation: Simulation, changes: dict[str, object]) -> 
     overwritten with what this caller read; a tick running meanwhile discards its result.
     A changed town is built by a worker right after (:func:`simulation_build_check`).
     """
-    unknown = set(changes) - SETTINGS_FIELDS
+    unknown = set(changes) - set(SETTINGS_FIELDS)
     if unknown:
         raise ValueError(f"Not a setting of a simulation: {', '.join(sorted(unknown))}.")
     for name, value in changes.items():
